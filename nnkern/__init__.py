@@ -1,0 +1,18 @@
+"""nnkern: Numba-accelerated neural-network kernels (CPU and CUDA) with a small layer/model API.
+
+    import nnkern
+    from nnkern.layers import Dense, ReLU
+    model = nnkern.Sequential(Dense(784, 100), ReLU(), Dense(100, 10))
+
+``nnkern.functional`` holds the kernels as forward/backward pairs, ``nnkern.layers`` the layers,
+``nnkern.losses``, ``nnkern.optim`` and ``nnkern.fit`` train them. Importing nnkern compiles
+nothing: kernels compile (or load from Numba's cache) on first use, or all at once with
+``nnkern.warmup()``.
+"""
+
+__version__ = "0.1.0"
+
+from nnkern import functional  # noqa: E402  (lazy: imports no kernels)
+from nnkern.backend import cuda_available, to_device  # noqa: E402
+
+__all__ = ["functional", "cuda_available", "to_device", "__version__"]

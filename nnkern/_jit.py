@@ -1,0 +1,97 @@
+"""How nnkern compiles its CPU kernels: one policy, in one place.
+
+* ``fastmath`` without ``nnan``/``ninf``: reductions still vectorise (``reassoc``), but
+  ``np.isnan`` keeps working (``fastmath=True`` folds it to ``False``; NUMBA_NOTES §1.3).
+* ``error_model="numpy"``: no zero-division checks inside inner loops.
+* ``cache=True``, in a directory keyed by Numba's version and a hash of ``nnkern/ops`` (where
+  every jitted function lives). Numba's own cache notices edits to a kernel's file but not to
+  jitted helpers it calls in other files; keying the directory on the whole kernel tree does.
+  ``NUMBA_CACHE_DIR`` (if set) wins; ``NNKERN_JIT_CACHE=0`` turns caching off.
+* Each kernel is compiled from one source into two functions with distinct names, a serial one
+  for small work and a ``prange``-parallel one for large work. They must be distinct
+  functions because Numba's cache key ignores compile options (numba#6845): the same function
+  compiled serial and parallel would load each other's machine code.
+"""
+
+import hashlib
+import os
+import types
+from pathlib import Path
+
+import numba
+
+#: Below this many elements of work a kernel runs serially: a parallel region costs ~2 µs to
+#: start on these machines, which a 2-core split only pays back from about 3e4-5e4 elements.
+PARALLEL_MIN_WORK = int(os.environ.get("NNKERN_PARALLEL_MIN_WORK", "32768"))
+
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+CACHE = os.environ.get("NNKERN_JIT_CACHE", "1") != "0"
+
+
+def _kernel_tree_hash():
+    ops = Path(__file__).resolve().parent / "ops"
+    digest = hashlib.sha1()
+    for path in sorted(ops.rglob("*.py")):
+        digest.update(path.relative_to(ops).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _set_cache_dir():
+    if not CACHE or os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    root = os.environ.get("NNKERN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nnkern")
+    numba.config.CACHE_DIR = os.path.join(root, f"numba-{numba.__version__}-{_kernel_tree_hash()}")
+
+
+_set_cache_dir()  # before any kernel is decorated: the cache locator is chosen at decoration
+
+_OPTIONS = dict(cache=CACHE, error_model="numpy", fastmath=FASTMATH, nogil=True)
+
+
+def _renamed(fn, suffix):
+    """A copy of ``fn`` under another name, so that it gets its own cache entry."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix,
+                              fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = fn.__qualname__ + suffix
+    copy.__module__ = fn.__module__
+    copy.__doc__ = fn.__doc__
+    return copy
+
+
+class CpuKernel:
+    """A kernel compiled serially and in parallel; ``for_size(work)`` picks one.
+
+    Write the body with ``numba.prange`` over independent outputs: in the serial variant
+    ``prange`` is a plain ``range``.
+    """
+
+    def __init__(self, fn):
+        self.serial = numba.njit(**_OPTIONS)(_renamed(fn, "_serial"))
+        self.parallel = numba.njit(parallel=True, **_OPTIONS)(_renamed(fn, "_parallel"))
+        self.__name__ = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def for_size(self, work):
+        """The variant to run for ``work`` elements (parallel from PARALLEL_MIN_WORK up)."""
+        return self.parallel if work >= PARALLEL_MIN_WORK else self.serial
+
+    def __call__(self, *args):
+        """Run serially (for callers whose work is always small, e.g. per-channel vectors)."""
+        return self.serial(*args)
+
+
+def cpu_kernel(fn):
+    """Decorator: compile ``fn`` as a :class:`CpuKernel` (serial and parallel variants)."""
+    return CpuKernel(fn)
+
+
+def cpu_serial(fn):
+    """Decorator: a serial, cached njit function (kernels that are never worth threading)."""
+    return numba.njit(**_OPTIONS)(fn)
+
+
+def cpu_inline(fn):
+    """Decorator: a jitted scalar helper for use inside kernels (compiled into its callers)."""
+    return numba.njit(error_model="numpy", fastmath=FASTMATH, inline="always")(fn)
