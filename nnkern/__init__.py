@@ -12,7 +12,10 @@ nothing: kernels compile (or load from Numba's cache) on first use, or all at on
 
 __version__ = "0.1.0"
 
-from nnkern import functional  # noqa: E402  (lazy: imports no kernels)
+from nnkern import functional, init, layers  # noqa: E402
 from nnkern.backend import cuda_available, to_device  # noqa: E402
+from nnkern.init import manual_seed  # noqa: E402
+from nnkern.model import Sequential, load, save  # noqa: E402
 
-__all__ = ["functional", "cuda_available", "to_device", "__version__"]
+__all__ = ["functional", "init", "layers", "Sequential", "load", "save", "manual_seed",
+           "cuda_available", "to_device", "__version__"]

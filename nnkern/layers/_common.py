@@ -1,0 +1,42 @@
+"""Small helpers shared by the layer modules."""
+
+import numpy as np
+
+from nnkern import init as initializers
+
+
+def make_rng(rng):
+    """An explicit numpy Generator, or nnkern's default one (seeded by nnkern.manual_seed)."""
+    if rng is None:
+        return initializers.default_rng()
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, (int, np.integer)):
+        return np.random.default_rng(int(rng))
+    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, "
+                    f"got {type(rng).__name__}")
+
+
+def init_array(init, shape, rng, dtype, **kwargs):
+    array = initializers.get(init)(tuple(shape), rng, np.dtype(dtype), **kwargs)
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"initializer {init!r} returned shape {array.shape}, expected {shape}")
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def check_positive_int(cls, name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{cls}: {name} must be a positive int, got {v!r}")
+    return int(v)
+
+
+def check_input_rank(layer, x, ranks, layout):
+    if len(x.shape) not in ranks:
+        raise ValueError(f"{type(layer).__name__}: input must be {layout}, "
+                         f"got shape {tuple(x.shape)}")
+
+
+def check_features(layer, what, got, expected, shape):
+    if got != expected:
+        raise ValueError(f"{type(layer).__name__}: expected input with {expected} {what}, got "
+                         f"{got} (input shape {tuple(shape)})")

@@ -1,0 +1,84 @@
+"""Activation layers. Each keeps its input x and output y for backward (both are alive anyway:
+x is the previous layer's output, y the next layer's input), so no extra memory is held."""
+
+import numpy as np
+
+from nnkern import functional as F
+from nnkern.layers._common import check_positive_int
+from nnkern.layers.base import Layer
+
+
+class _Activation(Layer):
+    """y = f(x) elementwise; subclasses name their op in OP and extra arguments in config."""
+    OP = ""
+
+    def _forward(self, x, training):
+        self._x = x
+        self._y = getattr(F, self.OP + "_forward")(x, **self.config)
+        return self._y
+
+    def _backward(self, dy):
+        return getattr(F, self.OP + "_backward")(dy, self._x, self._y, **self.config)
+
+
+class ReLU(_Activation):
+    """max(0, x); the derivative at 0 is taken as 0 (as PyTorch)."""
+    OP = "relu"
+
+
+class LeakyReLU(_Activation):
+    """x if x >= 0 else negative_slope * x (seed default slope 0.01)."""
+    OP = "leaky_relu"
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.config = dict(negative_slope=float(negative_slope))
+
+
+class ELU(_Activation):
+    """x if x > 0 else alpha * (exp(x) - 1)."""
+    OP = "elu"
+
+    def __init__(self, alpha=1.0):
+        super().__init__()
+        self.config = dict(alpha=float(alpha))
+
+
+class SELU(_Activation):
+    """scale * ELU(x, alpha) with the self-normalising constants (scale ≈ 1.0507, alpha ≈
+    1.67326, to full precision as in PyTorch)."""
+    OP = "selu"
+
+
+class Sigmoid(_Activation):
+    OP = "sigmoid"
+
+
+class Tanh(_Activation):
+    OP = "tanh"
+
+
+class Softmax(_Activation):
+    """Softmax over axis 1 (features of (N, F), or channels at each position of (N, C, H, W)).
+    For training a classifier use losses.SoftmaxCrossEntropy on the logits instead: fused,
+    and stable."""
+    OP = "softmax"
+
+
+class PReLU(Layer):
+    """``PReLU(num_parameters=1, init=0.25)``: a learnable leaky slope, one shared or one per
+    channel (axis 1)."""
+
+    def __init__(self, num_parameters=1, init=0.25, *, dtype="float32"):
+        super().__init__()
+        num_parameters = check_positive_int("PReLU", "num_parameters", num_parameters)
+        self.config = dict(num_parameters=num_parameters, init=float(init))
+        self.weight = self.add_parameter("weight", np.full(num_parameters, init, np.dtype(dtype)))
+
+    def _forward(self, x, training):
+        self._x = x
+        return F.prelu_forward(x, self.weight.data)
+
+    def _backward(self, dy):
+        dx, _ = F.prelu_backward(dy, self._x, self.weight.data, out=(None, self.weight.grad))
+        return dx

@@ -1,0 +1,242 @@
+"""Sequential models, and saving/loading any layer or model to one file.
+
+A saved file is a NumPy ``.npz`` archive (no pickle): one array per state-dict entry, plus a
+JSON description of the architecture (layer types and constructor arguments). Writing goes to a
+temporary file in the same directory that is then renamed over the target, so a crash never
+leaves a half-written file.
+"""
+
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+
+from nnkern.backend import check_device
+from nnkern.layers.base import Layer, layer_class
+
+FORMAT = "nnkern-model"
+FORMAT_VERSION = 1
+
+
+class Sequential(Layer):
+    """``Sequential(*layers)``: forward runs the layers in order, backward in reverse.
+
+    Parameter names and state-dict keys are prefixed by the layer's index ("0.weight",
+    "1.running_mean", ...), as in ``torch.nn.Sequential``.
+    """
+
+    def __init__(self, *layers):
+        super().__init__()
+        self.layers = []
+        for layer in layers:
+            self.append(layer)
+
+    def append(self, layer):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential: expected Layer instances, got {type(layer).__name__}")
+        layer.train(self.training)
+        self.layers.append(layer)
+        for name, p in self.named_parameters():
+            p.name = name
+        return self
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, index):
+        return self.layers[index]
+
+    # -- forward / backward --------------------------------------------------------------------
+    def forward(self, x, training=None):
+        training = self.training if training is None else bool(training)
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        self._has_forward = True
+        return x
+
+    __call__ = forward
+
+    def backward(self, dy, need_input_grad=True):
+        """Backpropagate ``dy`` (the loss gradient w.r.t. the output) through every layer,
+        writing each parameter's ``.grad``; returns the gradient w.r.t. the model's input, or
+        None when ``need_input_grad`` is False (skips the first layer's input gradient)."""
+        if not self._has_forward:
+            raise RuntimeError("Sequential.backward called before forward")
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            layer.needs_input_grad = need_input_grad or i > 0
+            dy = layer.backward(dy)
+            if dy is None:
+                break
+        return dy
+
+    # -- state, mode, device -------------------------------------------------------------------
+    def named_parameters(self, prefix=""):
+        return [item for i, layer in enumerate(self.layers)
+                for item in layer.named_parameters(f"{prefix}{i}.")]
+
+    def named_buffers(self, prefix=""):
+        return [item for i, layer in enumerate(self.layers)
+                for item in layer.named_buffers(f"{prefix}{i}.")]
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def to(self, device=None, dtype=None):
+        for layer in self.layers:
+            layer.to(device, dtype)
+        if device is not None:
+            self.device = check_device(device)
+        if dtype is not None:
+            self.dtype = np.dtype(dtype)
+        return self
+
+    def astype(self, dtype):
+        return self.to(dtype=dtype)
+
+    def state_dict(self, prefix=""):
+        state = {}
+        for i, layer in enumerate(self.layers):
+            state.update(layer.state_dict(f"{prefix}{i}."))
+        return state
+
+    def load_state_dict(self, state, strict=True):
+        """Load a state dict with PyTorch-style keys ("0.weight", ...). PyTorch's
+        ``num_batches_tracked`` entries are accepted (they set the counter) or may be absent."""
+        parts = [{} for _ in self.layers]
+        unexpected = []
+        for key, value in dict(state).items():
+            index, _, rest = key.partition(".")
+            if index.isdigit() and int(index) < len(self.layers) and rest:
+                parts[int(index)][rest] = value
+            else:
+                unexpected.append(key)
+        if strict and unexpected:
+            raise KeyError(f"Sequential.load_state_dict: unexpected keys {unexpected}")
+        for i, (layer, part) in enumerate(zip(self.layers, parts)):
+            try:
+                layer.load_state_dict(part, strict)
+            except KeyError as e:
+                raise KeyError(f"layer {i} ({type(layer).__name__}): {e.args[0]}") from None
+        return self
+
+    def output_shape(self, input_shape):
+        for layer in self.layers:
+            input_shape = layer.output_shape(input_shape)
+        return input_shape
+
+    def summary(self, input_shape=None, print_fn=print):
+        """Print (and return) a table of layers, output shapes and parameter counts.
+
+        ``input_shape`` is the shape of one input batch, e.g. (64, 3, 32, 32); without it the
+        output shapes are left out.
+        """
+        rows = [("#", "layer", "output shape", "params")]
+        shape = None if input_shape is None else tuple(input_shape)
+        for i, layer in enumerate(self.layers):
+            if shape is not None:
+                shape = layer.output_shape(shape)
+            count = sum(p.size for p in layer.parameters())
+            rows.append((str(i), repr(layer), "?" if shape is None else str(shape), f"{count:,}"))
+        total = sum(p.size for p in self.parameters())
+        widths = [max(len(r[k]) for r in rows) for k in range(4)]
+        line = "-" * (sum(widths) + 6)
+        text = [line]
+        for j, r in enumerate(rows):
+            text.append("  ".join((r[0].rjust(widths[0]), r[1].ljust(widths[1]),
+                                   r[2].ljust(widths[2]), r[3].rjust(widths[3]))))
+            if j == 0:
+                text.append(line)
+        text += [line, f"total parameters: {total:,}"]
+        text = "\n".join(text)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def get_config(self):
+        return {"layers": [describe(layer) for layer in self.layers]}
+
+    def save(self, path):
+        save(self, path)
+
+    def extra_repr(self):
+        return "\n" + "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers)) \
+            + "\n"
+
+
+def describe(layer):
+    """JSON-able description of a layer's architecture: {"type": ..., "config": ...}."""
+    return {"type": type(layer).__name__, "config": _jsonable(layer.get_config())}
+
+
+def build(description):
+    """Rebuild a layer (or Sequential) from ``describe``'s output."""
+    cls = layer_class(description["type"])
+    config = description["config"]
+    if cls is Sequential or issubclass(cls, Sequential):
+        return cls(*(build(d) for d in config["layers"]))
+    return cls(**config)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"cannot save a non-finite config value {value!r}")
+    return value
+
+
+def save(layer, path):
+    """Write ``layer``'s architecture, parameters and buffers to ``path`` (one .npz file)."""
+    header = {"format": FORMAT, "version": FORMAT_VERSION, "architecture": describe(layer),
+              "dtype": str(np.dtype(layer.dtype))}
+    arrays = {f"state/{k}": v for k, v in layer.state_dict().items()}
+    arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load(path):
+    """Load a layer or model saved with ``save``/``Sequential.save`` (on the CPU)."""
+    with np.load(path, allow_pickle=False) as archive:
+        if "__header__" not in archive.files:
+            raise ValueError(f"{path}: not an nnkern model file (no header)")
+        header = json.loads(archive["__header__"].tobytes().decode())
+        if header.get("format") != FORMAT:
+            raise ValueError(f"{path}: not an nnkern model file (format {header.get('format')!r})")
+        if header.get("version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{path}: saved by a newer nnkern (format version "
+                             f"{header['version']} > {FORMAT_VERSION})")
+        state = {k[len("state/"):]: archive[k] for k in archive.files if k.startswith("state/")}
+    layer = build(header["architecture"])
+    layer.astype(header.get("dtype", "float32"))
+    layer.load_state_dict(state)
+    return layer
+
+
+def atomic_write(path, write):
+    """Call ``write(file)`` on a temporary file next to ``path``, then rename it into place."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
