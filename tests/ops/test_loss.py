@@ -1,3 +1,4 @@
+import inspect
 import math
 
 import numba
@@ -6,7 +7,8 @@ import pytest
 
 import nnkern._jit as jit
 import nnkern.functional as F
-from nnkern.ops.loss import ref
+from nnkern.ops import loss as public
+from nnkern.ops.loss import cpu, ref
 from nnkern.testing import assert_close, check_gradients
 
 ROW_SHAPES = [(1, 1), (1, 7), (5, 3), (17, 33), (64, 100)]              # (N, C)
@@ -97,6 +99,16 @@ def test_reference_mse_bce_hinge_hand_computed():
 
 
 # ---------------------------------------------------------------- cpu vs reference
+
+
+def test_backends_share_names_and_signatures():
+    names = [f"{op}_{half}" for op in ("softmax_cross_entropy", "mse", "binary_cross_entropy",
+                                       "hinge") for half in ("forward", "backward")]
+    for name in names:
+        want = inspect.signature(getattr(public, name))
+        assert inspect.signature(getattr(ref, name)) == want, name
+        assert inspect.signature(getattr(cpu, name)) == want, name
+        assert getattr(F, name) is getattr(public, name)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -1,7 +1,7 @@
 """Numba CPU kernels for the losses (formulas in ``nnkern/ops/loss/__init__.py``).
 
 Forward kernels write float64 partial sums, one per row (cross-entropy, hinge) or one per fixed
-block of ``BLOCK`` elements (MSE, BCE: any rank, flattened); the wrapper adds them in a fixed
+block of ``_BLOCK`` elements (MSE, BCE: any rank, flattened); the wrapper adds them in a fixed
 order (NumPy's pairwise sum). Each partial is computed by exactly one loop iteration with the
 same code in the serial and the parallel variant, so the loss is bit-identical whatever the
 thread count or variant. Loss terms are evaluated in float64 (inputs promoted), except the
@@ -18,7 +18,7 @@ from numba.extending import overload
 from nnkern._jit import FASTMATH, cpu_inline, cpu_kernel
 
 #: Elements per float64 partial sum of the element-wise losses (fixed: determinism).
-BLOCK = 4096
+_BLOCK = 4096
 _LOG_MIN = -100.0   # torch clamps BCE's logs at -100, so p = 0 or 1 gives a finite loss
 _EPS = float(np.float32(1e-12))  # torch's floor on p (1 - p) in the BCE gradient (a C++
                                  # float constant: 9.9999999600e-13 in float64 too)
@@ -37,7 +37,7 @@ def _mean_of(partial, count):
 
 
 def _blocks(size):
-    return (size + BLOCK - 1) // BLOCK
+    return (size + _BLOCK - 1) // _BLOCK
 
 
 # ---------------------------------------------------------------- softmax cross-entropy
@@ -52,7 +52,7 @@ def _expf_nonpositive(x):
     # float32 exp(x) for x <= 0 in plain arithmetic, so that LLVM vectorises the loop around it:
     # Numba's np.exp calls libm's scalar expf (no SVML here), 4x slower in the softmax row loop.
     # Cephes expf: x = k ln2 + r with |r| <= ln2/2 (ln2 split in two for an exact k ln2), a
-    # degree-7 polynomial for exp(r), then times 2^-k built from the bits of k (k in [0, 126]),
+    # degree-7 polynomial for exp(r), then times 2^k built from the bits of -k (in [0, 126]),
     # each factor a power of two, so exact. Max error ~5 ulp (3e-7 relative) over [-87.3, 0];
     # below -87.3 (exp < 1.2e-38, float32's smallest normal) it returns 0. NaN stays NaN.
     lo = np.float32(-87.33654)
@@ -120,7 +120,7 @@ def _softmax_ce_fwd_kernel(x, labels, probs, row_loss):
         m = _row_max(x, n)
         for j in range(c_):
             probs[n, j] = _exp_nonpositive(x[n, j] - m)
-        s = 0.0
+        s = np.float64(0.0)   # (not 0.0: under NUMBA_DISABLE_JIT, NEP 50 would make it float32)
         for j in range(c_):
             s += probs[n, j]
         inv_s = x.dtype.type(1.0 / s)
@@ -166,7 +166,7 @@ def _mse_fwd_kernel(p, t, partial):
     size = p.shape[0]
     for b in prange(partial.shape[0]):
         acc = 0.0
-        for i in range(b * BLOCK, min(size, (b + 1) * BLOCK)):
+        for i in range(b * _BLOCK, min(size, (b + 1) * _BLOCK)):
             d = np.float64(p[i]) - np.float64(t[i])
             acc += d * d
         partial[b] = acc
@@ -204,7 +204,7 @@ def _bce_fwd_kernel(p, t, partial):
     size = p.shape[0]
     for b in prange(partial.shape[0]):
         acc = 0.0
-        for i in range(b * BLOCK, min(size, (b + 1) * BLOCK)):
+        for i in range(b * _BLOCK, min(size, (b + 1) * _BLOCK)):
             pi = np.float64(p[i])
             ti = np.float64(t[i])
             log_p = max(np.log(pi), _LOG_MIN)
@@ -220,7 +220,7 @@ def _bce_logits_fwd_kernel(x, t, partial):
     size = x.shape[0]
     for b in prange(partial.shape[0]):
         acc = 0.0
-        for i in range(b * BLOCK, min(size, (b + 1) * BLOCK)):
+        for i in range(b * _BLOCK, min(size, (b + 1) * _BLOCK)):
             xi = np.float64(x[i])
             acc += max(xi, 0.0) - xi * np.float64(t[i]) + np.log1p(np.exp(-abs(xi)))
         partial[b] = acc
