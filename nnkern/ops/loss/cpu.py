@@ -1,0 +1,316 @@
+"""Numba CPU kernels for the losses (formulas in ``nnkern/ops/loss/__init__.py``).
+
+Forward kernels write float64 partial sums, one per row (cross-entropy, hinge) or one per fixed
+block of ``_BLOCK`` elements (MSE, BCE: any rank, flattened); the wrapper adds them in a fixed
+order (NumPy's pairwise sum). Each partial is computed by exactly one loop iteration with the
+same code in the serial and the parallel variant, so the loss is bit-identical whatever the
+thread count or variant. Loss terms are evaluated in float64 (inputs promoted), except the
+softmax's exponentials, which are the probabilities themselves and are computed in the logits'
+dtype (float32 ``expf`` is the cost of this op), then summed in float64. Gradients are computed
+in the input's dtype with typed constants (Numba ignores NEP 50: a bare ``0.5`` would promote
+float32 to float64).
+"""
+
+import numpy as np
+from numba import prange, types
+from numba.extending import overload
+
+from nnkern._jit import FASTMATH, cpu_inline, cpu_kernel
+
+#: Elements per float64 partial sum of the element-wise losses (fixed: determinism).
+_BLOCK = 4096
+_LOG_MIN = -100.0   # torch clamps BCE's logs at -100, so p = 0 or 1 gives a finite loss
+_EPS = float(np.float32(1e-12))  # torch's floor on p (1 - p) in the BCE gradient (a C++
+                                 # float constant: 9.9999999600e-13 in float64 too)
+
+
+def _labels(labels):
+    """Labels as int64 for the kernels: one compile per float dtype, not per label dtype too.
+
+    The range [0, C) was checked by the caller (nnkern.ops.loss), so uint64 cannot wrap here.
+    """
+    return labels.astype(np.int64, copy=False)
+
+
+def _mean_of(partial, count):
+    return float(partial.sum() / count)
+
+
+def _blocks(size):
+    return (size + _BLOCK - 1) // _BLOCK
+
+
+# ---------------------------------------------------------------- softmax cross-entropy
+
+
+def _exp_nonpositive(x):
+    """exp(x) for x <= 0 (the softmax exponents x - max); jitted code gets the overload below."""
+    return np.exp(x)
+
+
+def _expf_nonpositive(x):
+    # float32 exp(x) for x <= 0 in plain arithmetic, so that LLVM vectorises the loop around it:
+    # Numba's np.exp calls libm's scalar expf (no SVML here), 4x slower in the softmax row loop.
+    # Cephes expf: x = k ln2 + r with |r| <= ln2/2 (ln2 split in two for an exact k ln2), a
+    # degree-7 polynomial for exp(r), then times 2^k built from the bits of -k (in [0, 126]),
+    # each factor a power of two, so exact. Max error ~5 ulp (3e-7 relative) over [-87.3, 0];
+    # below -87.3 (exp < 1.2e-38, float32's smallest normal) it returns 0. NaN stays NaN.
+    lo = np.float32(-87.33654)
+    xc = lo if x < lo else x
+    k = np.floor(xc * np.float32(1.4426950408889634) + np.float32(0.5))   # round(x / ln2) <= 0
+    r = xc - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
+    y = (((((np.float32(1.9875691500e-4) * r + np.float32(1.3981999507e-3)) * r
+            + np.float32(8.3334519073e-3)) * r + np.float32(4.1665795894e-2)) * r
+          + np.float32(1.6666665459e-1)) * r + np.float32(5.0000001201e-1)) * (r * r) \
+        + r + np.float32(1.0)
+    bits = np.int32(-k)
+    scale = np.float32(1.0)
+    if bits & 1:
+        scale *= np.float32(2.0 ** -1)
+    if bits & 2:
+        scale *= np.float32(2.0 ** -2)
+    if bits & 4:
+        scale *= np.float32(2.0 ** -4)
+    if bits & 8:
+        scale *= np.float32(2.0 ** -8)
+    if bits & 16:
+        scale *= np.float32(2.0 ** -16)
+    if bits & 32:
+        scale *= np.float32(2.0 ** -32)
+    if bits & 64:
+        scale *= np.float32(2.0 ** -64)
+    return np.float32(0.0) if x < lo else y * scale
+
+
+@overload(_exp_nonpositive, jit_options=dict(fastmath=FASTMATH, error_model="numpy"))
+def _exp_nonpositive_overload(x):
+    # float32: the vectorisable polynomial; float64 (gradient checks, 1e-11 parity): libm exp
+    if x == types.float32:
+        return _expf_nonpositive
+    return lambda x: np.exp(x)
+
+
+@cpu_inline
+def _row_max(x, n):
+    # max_j x[n, j] with four independent running maxima: a single chain of max() is bound by
+    # its latency (a NaN-safe max reduction is not vectorised without fastmath's nnan).
+    c_ = x.shape[1]
+    m0 = m1 = m2 = m3 = x[n, 0]
+    j = 0
+    while j + 4 <= c_:
+        m0 = max(m0, x[n, j])
+        m1 = max(m1, x[n, j + 1])
+        m2 = max(m2, x[n, j + 2])
+        m3 = max(m3, x[n, j + 3])
+        j += 4
+    while j < c_:
+        m0 = max(m0, x[n, j])
+        j += 1
+    return max(max(m0, m1), max(m2, m3))
+
+
+@cpu_kernel
+def _softmax_ce_fwd_kernel(x, labels, probs, row_loss):
+    # x: (N, C), labels: (N,) int64 -> probs: (N, C) = softmax(x), row_loss: (N,) float64
+    # row_loss[n] = logsumexp(x[n]) - x[n, y_n] with logsumexp = m + log(sum_j exp(x[n, j] - m)),
+    # m = max_j x[n, j]: every exponent is <= 0, so nothing overflows for any finite logits.
+    # Separate loops over the (L1-resident) row: exp alone vectorises, the float64 sum too.
+    n_, c_ = x.shape
+    for n in prange(n_):
+        m = _row_max(x, n)
+        for j in range(c_):
+            probs[n, j] = _exp_nonpositive(x[n, j] - m)
+        s = np.float64(0.0)   # (not 0.0: under NUMBA_DISABLE_JIT, NEP 50 would make it float32)
+        for j in range(c_):
+            s += probs[n, j]
+        inv_s = x.dtype.type(1.0 / s)
+        for j in range(c_):
+            probs[n, j] *= inv_s
+        row_loss[n] = m + np.log(s) - x[n, labels[n]]
+
+
+@cpu_kernel
+def _softmax_ce_bwd_kernel(probs, labels, inv_n, dx):
+    # probs: (N, C), labels: (N,) -> dx: (N, C) = (probs - onehot(labels)) / N; inv_n = 1/N typed
+    n_, c_ = probs.shape
+    one = probs.dtype.type(1.0)
+    for n in prange(n_):
+        for j in range(c_):
+            dx[n, j] = probs[n, j] * inv_n
+        y = labels[n]
+        dx[n, y] = (probs[n, y] - one) * inv_n   # p - 1 is exact for p near 1 (Sterbenz)
+
+
+def softmax_cross_entropy_forward(logits, labels):
+    n, c = logits.shape
+    probs = np.empty_like(logits)
+    row_loss = np.empty(n, np.float64)
+    _softmax_ce_fwd_kernel.for_size(n * c)(logits, _labels(labels), probs, row_loss)
+    return _mean_of(row_loss, n), probs
+
+
+def softmax_cross_entropy_backward(probs, labels, *, out=None):
+    n = probs.shape[0]
+    dx = np.empty_like(probs) if out is None else out
+    inv_n = probs.dtype.type(1.0 / n)
+    _softmax_ce_bwd_kernel.for_size(probs.size)(probs, _labels(labels), inv_n, dx)
+    return dx
+
+
+# ---------------------------------------------------------------- mean squared error
+
+
+@cpu_kernel
+def _mse_fwd_kernel(p, t, partial):
+    # p, t: (M,) flattened -> partial: (B,) float64, partial[b] = sum of (p - t)^2 over block b
+    size = p.shape[0]
+    for b in prange(partial.shape[0]):
+        acc = 0.0
+        for i in range(b * _BLOCK, min(size, (b + 1) * _BLOCK)):
+            d = np.float64(p[i]) - np.float64(t[i])
+            acc += d * d
+        partial[b] = acc
+
+
+@cpu_kernel
+def _mse_bwd_kernel(p, t, scale, dp):
+    # p, t: (M,) -> dp: (M,) = (p - t) * scale, scale = 2 / numel typed
+    for i in prange(p.shape[0]):
+        dp[i] = (p[i] - t[i]) * scale
+
+
+def mse_forward(pred, target):
+    p, t = pred.reshape(-1), target.reshape(-1)
+    partial = np.empty(_blocks(p.size), np.float64)
+    _mse_fwd_kernel.for_size(p.size)(p, t, partial)
+    return _mean_of(partial, p.size)
+
+
+def mse_backward(pred, target, *, out=None):
+    dp = np.empty_like(pred) if out is None else out
+    scale = pred.dtype.type(2.0 / pred.size)
+    _mse_bwd_kernel.for_size(pred.size)(pred.reshape(-1), target.reshape(-1), scale,
+                                        dp.reshape(-1))
+    return dp
+
+
+# ---------------------------------------------------------------- binary cross-entropy
+
+
+@cpu_kernel
+def _bce_fwd_kernel(p, t, partial):
+    # p (probabilities), t: (M,) -> partial: (B,) float64 block sums of
+    # -(t log p + (1 - t) log(1 - p)), each log clamped at -100 (log(0) = -inf -> -100)
+    size = p.shape[0]
+    for b in prange(partial.shape[0]):
+        acc = 0.0
+        for i in range(b * _BLOCK, min(size, (b + 1) * _BLOCK)):
+            pi = np.float64(p[i])
+            ti = np.float64(t[i])
+            log_p = max(np.log(pi), _LOG_MIN)
+            log_1mp = max(np.log1p(-pi), _LOG_MIN)
+            acc -= ti * log_p + (1.0 - ti) * log_1mp
+        partial[b] = acc
+
+
+@cpu_kernel
+def _bce_logits_fwd_kernel(x, t, partial):
+    # x (logits), t: (M,) -> partial: (B,) float64 block sums of
+    # log(1 + e^x) - x t = max(x, 0) - x t + log1p(exp(-|x|))   (no overflow for any x)
+    size = x.shape[0]
+    for b in prange(partial.shape[0]):
+        acc = 0.0
+        for i in range(b * _BLOCK, min(size, (b + 1) * _BLOCK)):
+            xi = np.float64(x[i])
+            acc += max(xi, 0.0) - xi * np.float64(t[i]) + np.log1p(np.exp(-abs(xi)))
+        partial[b] = acc
+
+
+@cpu_kernel
+def _bce_bwd_kernel(p, t, inv_numel, dp):
+    # p, t: (M,) -> dp: (M,) = (p - t) / max(p (1 - p), 1e-12) / numel   (torch's floor)
+    one = p.dtype.type(1.0)
+    eps = p.dtype.type(_EPS)
+    for i in prange(p.shape[0]):
+        dp[i] = (p[i] - t[i]) / max((one - p[i]) * p[i], eps) * inv_numel
+
+
+@cpu_kernel
+def _bce_logits_bwd_kernel(x, t, inv_numel, dx):
+    # x, t: (M,) -> dx: (M,) = (sigmoid(x) - t) / numel; sigmoid from e = exp(-|x|) <= 1
+    one = x.dtype.type(1.0)
+    for i in prange(x.shape[0]):
+        e = np.exp(-abs(x[i]))
+        sig = one / (one + e) if x[i] >= 0 else e / (one + e)
+        dx[i] = (sig - t[i]) * inv_numel
+
+
+def binary_cross_entropy_forward(pred, target, *, from_logits=False):
+    p, t = pred.reshape(-1), target.reshape(-1)
+    partial = np.empty(_blocks(p.size), np.float64)
+    kernel = _bce_logits_fwd_kernel if from_logits else _bce_fwd_kernel
+    kernel.for_size(p.size)(p, t, partial)
+    return _mean_of(partial, p.size)
+
+
+def binary_cross_entropy_backward(pred, target, *, from_logits=False, out=None):
+    dp = np.empty_like(pred) if out is None else out
+    inv_numel = pred.dtype.type(1.0 / pred.size)
+    kernel = _bce_logits_bwd_kernel if from_logits else _bce_bwd_kernel
+    kernel.for_size(pred.size)(pred.reshape(-1), target.reshape(-1), inv_numel, dp.reshape(-1))
+    return dp
+
+
+# ---------------------------------------------------------------- multiclass hinge
+
+
+@cpu_kernel
+def _hinge_fwd_kernel(s, labels, margin, row_loss):
+    # s: (N, C), labels: (N,) -> row_loss: (N,) float64
+    # row_loss[n] = sum_{j != y} max(0, margin - s[n, y] + s[n, j]) / C   (torch MultiMarginLoss)
+    n_, c_ = s.shape
+    for n in prange(n_):
+        y = labels[n]
+        base = margin - np.float64(s[n, y])
+        acc = 0.0
+        for j in range(c_):
+            z = base + s[n, j]
+            if j != y and z > 0.0:
+                acc += z
+        row_loss[n] = acc / c_
+
+
+@cpu_kernel
+def _hinge_bwd_kernel(s, labels, margin, g, ds):
+    # s: (N, C), labels: (N,) -> ds: (N, C); g = 1/(N C) typed. Each active term
+    # (z = margin - s_y + s_j > 0; none at the kink z = 0, as in torch) adds g to ds[n, j] and -g
+    # to ds[n, y]. z is formed exactly as in the forward, so both agree on which terms are active.
+    n_, c_ = s.shape
+    zero = s.dtype.type(0.0)
+    for n in prange(n_):
+        y = labels[n]
+        base = margin - np.float64(s[n, y])
+        active = 0
+        for j in range(c_):
+            z = base + s[n, j]
+            if j != y and z > 0.0:
+                ds[n, j] = g
+                active += 1
+            else:
+                ds[n, j] = zero
+        ds[n, y] = -(s.dtype.type(active) * g)
+
+
+def hinge_forward(scores, labels, *, margin=1.0):
+    n, c = scores.shape
+    row_loss = np.empty(n, np.float64)
+    _hinge_fwd_kernel.for_size(n * c)(scores, _labels(labels), float(margin), row_loss)
+    return _mean_of(row_loss, n)
+
+
+def hinge_backward(scores, labels, *, margin=1.0, out=None):
+    n, c = scores.shape
+    ds = np.empty_like(scores) if out is None else out
+    g = scores.dtype.type(1.0 / (n * c))
+    _hinge_bwd_kernel.for_size(n * c)(scores, _labels(labels), float(margin), g, ds)
+    return ds
