@@ -832,3 +832,17 @@ def test_full_debian_fashion_mnist(monkeypatch):
     np.testing.assert_array_equal(small.y_train, y_train[train_index])
     np.testing.assert_array_equal(small.x_test, x_test[test_index])
     np.testing.assert_array_equal(small.y_test, y_test[test_index])
+
+
+@pytest.mark.slow
+def test_embedded_file_rebuilds_identically(capsys):
+    """tools/make_embedded_fmnist.py --check: a rebuild from the Debian files matches."""
+    if not os.path.isdir(DEBIAN_FMNIST):
+        pytest.skip(f"{DEBIAN_FMNIST} not installed (apt install dataset-fashion-mnist)")
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "make_embedded_fmnist", os.path.join(ROOT, "tools", "make_embedded_fmnist.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--check"]) == 0
+    assert "content identical to a rebuild" in capsys.readouterr().out
