@@ -433,6 +433,20 @@ def test_lr_schedule_callback_via_protocol():
     assert opt.lr == 0.01
 
 
+def test_per_step_schedule_via_on_batch_begin():
+    x, y = blobs(64)
+    model = mlp()
+    opt = SGD(model.parameters(), 0.0)
+
+    def warmup(step, logs):
+        opt.lr = 0.1 * min(1.0, (step + 1) / 6)
+
+    h = fit(model, CrossEntropy(), opt, train=(x, y), epochs=2, batch_size=16,
+            callbacks=[LambdaCallback(on_batch_begin=warmup)], progress=False)
+    assert h.steps["lr"] == pytest.approx([0.1 * min(1.0, k / 6) for k in range(1, 9)])
+    assert h.epochs["lr"] == [h.steps["lr"][0], h.steps["lr"][4]]
+
+
 def test_callback_stops_mid_epoch_and_hook_order():
     x, y = blobs()
     model = mlp()
@@ -604,6 +618,9 @@ def test_dtype_and_integer_inputs():
             progress=False)
     assert model.dtype == np.float64 and model[0].weight.dtype == np.float64
     assert h.params["dtype"] == "float64"
+    model = Sequential(Dense(2, 3, rng=0, dtype="float64"))  # Sequential.dtype says float32
+    fit(model, CrossEntropy(), SGD(model.parameters(), 0.1), train=(x, y), progress=False)
+    assert model[0].weight.dtype == np.float64
     model = Sequential(Dense(2, 3, rng=0))
     xi = np.round(x * 10).astype(np.int16)  # e.g. uint8 pixels: converted per batch
     h = fit(model, CrossEntropy(), SGD(model.parameters(), 1e-3), train=(xi, y),

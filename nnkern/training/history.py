@@ -10,7 +10,7 @@ FORMAT = "nnkern-history"
 FORMAT_VERSION = 1
 
 #: per optimizer step
-STEP_KEYS = ("loss", "accuracy", "ema_loss", "size", "epoch")
+STEP_KEYS = ("loss", "accuracy", "ema_loss", "size", "epoch", "lr")
 #: per completed epoch
 EPOCH_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "time")
 #: coefficient of the exponential moving average of the training loss (seed 000's plots)
@@ -33,13 +33,14 @@ class History:
     ``steps``: per optimizer step, lists "loss" (the minibatch mean loss), "accuracy" (minibatch
     accuracy; empty when the targets are not class labels), "ema_loss" (exponential moving
     average of the loss with coefficient 0.99: ``ema ← 0.99·ema + 0.01·loss``, started at the
-    first step's loss, so ``ema_loss[0] == loss[0]``), "size" (samples in the minibatch) and
-    "epoch" (the epoch the step belongs to).
+    first step's loss, so ``ema_loss[0] == loss[0]``), "size" (samples in the minibatch),
+    "epoch" (the epoch the step belongs to) and "lr" (the optimizer's base learning rate used
+    by the step, read after the ``on_batch_begin`` callbacks).
 
     ``epochs``: per completed epoch, lists "loss" and "accuracy" (means over the epoch's training
     samples, i.e. the step values weighted by minibatch size), "val_loss" and "val_accuracy"
-    (after the epoch, in eval mode; empty without validation data), "lr" (the optimizer's base
-    learning rate during the epoch, read after the ``on_epoch_begin`` callbacks ran) and "time"
+    (after the epoch, in eval mode; empty without validation data), "lr" (the base learning
+    rate of the epoch's first step) and "time"
     (wall seconds of the epoch's training steps, validation excluded).
 
     ``epochs_completed``; ``stopped_reason`` (None, or why training ended before ``epochs``: a
@@ -58,7 +59,7 @@ class History:
         self.params = {}
 
     # -- recording (used by the training loop) ---------------------------------------------------
-    def record_step(self, epoch, loss, size, accuracy=None):
+    def record_step(self, epoch, loss, size, accuracy=None, lr=None):
         steps = self.steps
         ema = loss if not steps["ema_loss"] else EMA * steps["ema_loss"][-1] + (1 - EMA) * loss
         steps["loss"].append(loss)
@@ -67,6 +68,8 @@ class History:
         steps["epoch"].append(epoch)
         if accuracy is not None:
             steps["accuracy"].append(accuracy)
+        if lr is not None:
+            steps["lr"].append(lr)
         return ema
 
     def record_epoch(self, logs):

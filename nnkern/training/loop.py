@@ -184,7 +184,7 @@ class Trainer:
         was_training = bool(getattr(model, "training", True))
         if self.device != CPU:
             model.to(self.device)
-        if getattr(model, "dtype", self.dtype) != self.dtype:
+        if _model_dtype(model) != self.dtype:
             model.astype(self.dtype)
         try:
             self._call("on_train_begin", self)
@@ -205,6 +205,8 @@ class Trainer:
                         break
             if self.stop_training and self.stop_reason is None:
                 self.stop_reason = f"stopped by a callback at epoch {self.epoch}"
+            if self.stop_training and not history.diverged:  # divergence printed already
+                self.progress.message(self.stop_reason)
             history.stopped_reason = self.stop_reason
             logs = dict(logs or {}, stopped_reason=self.stop_reason)
             self._call("on_train_end", logs)
@@ -219,7 +221,7 @@ class Trainer:
         self._call("on_epoch_begin", epoch, {"epoch": epoch})
         if self.stop_training:
             return None
-        lr = _lr(self.optimizer)
+        lr = None
         model.train(True)
         self.progress.epoch_begin(epoch)
         order = self.rng.permutation(self.n_train) if self.shuffle else None
@@ -236,11 +238,14 @@ class Trainer:
             step = self.step
             logs = {"epoch": epoch, "batch": batch, "size": size}
             self._call("on_batch_begin", step, logs)
+            step_lr = _lr(self.optimizer)  # after on_batch_begin: per-step schedules
+            if batch == 0:
+                lr = step_lr
             pred = model.forward(xb, training=True)
             value = float(loss.forward(pred, yb))
             count = _correct(pred, yb_host) if self.classification else None
             accuracy = None if count is None else count / size
-            ema = history.record_step(epoch, value, size, accuracy)
+            ema = history.record_step(epoch, value, size, accuracy, step_lr)
             if not math.isfinite(value):
                 self._diverged(epoch, batch, step, value)
                 return None
@@ -251,7 +256,7 @@ class Trainer:
             seen += size
             if count is not None:
                 correct += count
-            logs.update(loss=value, ema_loss=ema, epoch_loss=total_loss / seen, lr=lr)
+            logs.update(loss=value, ema_loss=ema, epoch_loss=total_loss / seen, lr=step_lr)
             if accuracy is not None:
                 logs["accuracy"] = accuracy
             self._call("on_batch_end", step, logs)
@@ -273,8 +278,6 @@ class Trainer:
         self.epochs_completed = epoch + 1
         self.progress.epoch_end(epoch, logs)
         self._call("on_epoch_end", epoch, logs)
-        if self.stop_reason is not None and self.stop_training:
-            self.progress.message(self.stop_reason)
         return logs
 
     def _diverged(self, epoch, batch, step, value):
@@ -406,8 +409,17 @@ def _check_pair(op, name, pair):
     return x, y
 
 
+def _model_dtype(model):
+    """The dtype the model computes in: its parameters' (Sequential.dtype only follows
+    explicit conversions), else its ``dtype`` attribute, else float32."""
+    params = model.parameters() if callable(getattr(model, "parameters", None)) else []
+    if params:
+        return np.dtype(params[0].dtype)
+    return np.dtype(getattr(model, "dtype", np.float32))
+
+
 def _resolve_dtype(op, model, dtype):
-    dtype = np.dtype(getattr(model, "dtype", np.float32) if dtype is None else dtype)
+    dtype = _model_dtype(model) if dtype is None else np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"{op}: dtype must be float32 or float64, got {dtype}")
     return dtype
