@@ -16,6 +16,16 @@ from nnkern import functional, init, layers  # noqa: E402
 from nnkern.backend import cuda_available, to_device  # noqa: E402
 from nnkern.init import manual_seed  # noqa: E402
 from nnkern.model import Sequential, load, save  # noqa: E402
+from nnkern.training import (  # noqa: E402
+    Callback,
+    Checkpoint,
+    EarlyStopping,
+    History,
+    LambdaCallback,
+    evaluate,
+    fit,
+)
 
 __all__ = ["functional", "init", "layers", "Sequential", "load", "save", "manual_seed",
-           "cuda_available", "to_device", "__version__"]
+           "cuda_available", "to_device", "fit", "evaluate", "History", "Callback",
+           "EarlyStopping", "Checkpoint", "LambdaCallback", "__version__"]
