@@ -95,9 +95,15 @@ class Sequential(Layer):
             layer.to(device, dtype)
         if device is not None:
             self.device = check_device(device)
-        if dtype is not None:
-            self.dtype = np.dtype(dtype)
         return self
+
+    @property
+    def dtype(self):
+        """The dtype of the first parameter (layers follow their input's dtype together)."""
+        for layer in self.layers:
+            if layer.parameters():
+                return layer.dtype
+        return np.dtype(np.float32)
 
     def astype(self, dtype):
         return self.to(dtype=dtype)

@@ -135,14 +135,19 @@ class Layer:
         self.config = {}
         self.training = True
         self.device = CPU
-        self.dtype = np.dtype(np.float32)
+        self._dtype = np.dtype(np.float32)
         self._has_forward = False
+
+    @property
+    def dtype(self):
+        """The float dtype of the layer's parameters and buffers (float32 by default)."""
+        return self._dtype
 
     # -- construction helpers ---------------------------------------------------------------
     def add_parameter(self, name, array):
         param = Parameter(np.ascontiguousarray(array), name, owner=self)
         self._params[name] = param
-        self.dtype = param.dtype
+        self._dtype = param.dtype
         return param
 
     def add_buffer(self, name, array):
@@ -217,7 +222,7 @@ class Layer:
         for name, b in self._buffers.items():
             if np.dtype(b.dtype).kind == "f" and b.dtype != dtype:
                 self._buffers[name] = _astype(b, dtype)
-        self.dtype = dtype
+        self._dtype = dtype
         return self
 
     def state_dict(self, prefix=""):

@@ -31,7 +31,7 @@ class _BatchNorm(Layer):
         self.config = dict(num_features=num_features, eps=float(eps), momentum=momentum,
                            affine=bool(affine), track_running_stats=bool(track_running_stats))
         dtype = np.dtype(dtype)
-        self.dtype = dtype
+        self._dtype = dtype
         self.gamma = self.beta = None
         if affine:
             self.gamma = self.add_parameter("gamma", np.ones(num_features, dtype))

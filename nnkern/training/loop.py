@@ -410,11 +410,7 @@ def _check_pair(op, name, pair):
 
 
 def _model_dtype(model):
-    """The dtype the model computes in: its parameters' (Sequential.dtype only follows
-    explicit conversions), else its ``dtype`` attribute, else float32."""
-    params = model.parameters() if callable(getattr(model, "parameters", None)) else []
-    if params:
-        return np.dtype(params[0].dtype)
+    """The dtype the model computes in (float32 for an object without one)."""
     return np.dtype(getattr(model, "dtype", np.float32))
 
 
