@@ -1,27 +1,32 @@
 """Numba CPU kernels for batch norm, NCHW (viewed as (N, C, L), L = H*W) and (N, F) layouts.
 
-Three kinds of kernel, each in a 2d (N, C, L) and a 1d (N, F) version:
+Forward: one reduction pass (statistics), one elementwise pass (y). Backward: one reduction
+pass (sum dy, sum dy * xhat), one elementwise pass (dx). The passes, each in a 2d (N, C, L) and
+a 1d (N, F) version:
 
-* ``_bn_sums_*``: per-channel s1 = sum(u - u_shift), s2 = sum((u - u_shift) * (x - x_shift))
-  in float64. The forward statistics are u = x with both shifts = a sample of the channel
-  (s1, s2 = shifted sum and sum of squares); the backward sums are u = dy, u_shift = 0,
-  x_shift = mean (s1 = sum dy, s2 = sum dy * (x - mean)). One pass over the data.
-  Shifting by a value of the channel keeps the one-pass variance s2/n - (s1/n)^2 accurate
-  when |mean| >> std (the cancellation is relative to the spread, not to the mean).
-  Parallel over a fixed number (ROW_CHUNKS) of row chunks, not only over channels
-  (NUMBA_NOTES §2.3, §5.6): each chunk writes its own float64 partial, and the partials are
-  merged in chunk order, so the result is bit-identical for the serial and parallel variants
-  and any thread count.
+* ``_bn_sums_*``: per-channel sum(u - u_shift) and sum((u - u_shift) * (x - x_shift)) in
+  float64. Forward: u = x and both shifts = a sample of the channel, so these are the shifted
+  sum and sum of squares; shifting by a value of the channel keeps the one-pass variance
+  s2/n - (s1/n)^2 accurate when |mean| >> std (the cancellation is then relative to the
+  spread, not to the mean). Backward: u = dy, u_shift = 0, x_shift = mean.
+  Parallel over a fixed number (ROW_CHUNKS) of chunks of the array in memory order, not over
+  channels (NUMBA_NOTES §2.3, §5.6): each chunk writes its own float64 partials, merged in
+  chunk order by the serial ``_bn_*_finish``, so results are bit-identical for the serial and
+  parallel variants and any thread count.
+* ``_bn_*_finish`` (serial, O(C)): merge the partials and turn them into mean, inv_std, the
+  running-statistic update, dgamma, dbeta and the per-channel coefficients of the elementwise
+  pass. One jitted call instead of ~20 small NumPy operations: at small sizes the glue costs
+  more than the data passes.
 * ``_bn_apply_*``: y = (x - mean) * scale + beta, scale = gamma * inv_std.
-* ``_bn_dx_*``: dx = p * dy + q * (x - mean) + r, with per-channel p, q, r from the sums.
-The elementwise kernels get float64 coefficients and compute in float64 (memory-bound, so it is
-free): with a large mean, float32 x * scale - mean * scale would cancel catastrophically.
+* ``_bn_dx_*``: dx = p * dy + q * (x - mean) + r.
+The elementwise passes compute in float64 from float64 coefficients (memory-bound, so it is
+free): with a large mean, x * scale - mean * scale in float32 would cancel catastrophically.
 """
 
 import numpy as np
 from numba import prange
 
-from nnkern._jit import cpu_kernel
+from nnkern._jit import cpu_kernel, cpu_serial
 from nnkern.ops._reduce import ROW_CHUNKS
 
 
@@ -92,50 +97,118 @@ def _bn_sums_1d_kernel(u, u_shift, x, x_shift, s1, s2):
             i += f1 - f0
 
 
+@cpu_serial
+def _bn_train_finish(s1, s2, shift, n, momentum, eps, update, running_mean, running_var, gamma,
+                     beta, mean, inv_std, coef):
+    # s1, s2: (ROW_CHUNKS, C) float64 partials of sum(x - shift), sum((x - shift)^2) ->
+    # mean, inv_std: (C,) x's dtype; coef: (3, C) float64 rows (mean, gamma * inv_std, beta) for
+    # _bn_apply_*; running_mean, running_var: (C,) updated in place when ``update``.
+    chunks, c_ = s1.shape
+    for c in range(c_):
+        a1 = 0.0
+        a2 = 0.0
+        for k in range(chunks):  # merge the chunks in a fixed order (any variant, any threads)
+            a1 += s1[k, c]
+            a2 += s2[k, c]
+        mean_shifted = a1 / n
+        mu = shift[c] + mean_shifted
+        var = max(a2 / n - mean_shifted * mean_shifted, 0.0)  # biased; >= 0 despite rounding
+        if update:  # PyTorch: the running variance is the unbiased var * n / (n - 1)
+            running_mean[c] = momentum * mu + (1.0 - momentum) * running_mean[c]
+            running_var[c] = momentum * var * (n / (n - 1.0)) + (1.0 - momentum) * running_var[c]
+        inv = 1.0 / np.sqrt(var + eps)
+        mean[c] = mu
+        inv_std[c] = inv
+        coef[0, c] = mu
+        coef[1, c] = gamma[c] * inv
+        coef[2, c] = beta[c]
+
+
+@cpu_serial
+def _bn_eval_finish(running_mean, running_var, eps, gamma, beta, mean, inv_std, coef):
+    # running_mean, running_var: (C,) -> mean, inv_std: (C,) x's dtype; coef: (3, C) float64
+    # rows (mean, gamma * inv_std, beta) for _bn_apply_*
+    for c in range(running_mean.shape[0]):
+        mu = np.float64(running_mean[c])
+        inv = 1.0 / np.sqrt(running_var[c] + eps)
+        mean[c] = mu
+        inv_std[c] = inv
+        coef[0, c] = mu
+        coef[1, c] = gamma[c] * inv
+        coef[2, c] = beta[c]
+
+
 @cpu_kernel
-def _bn_apply_2d_kernel(x, mean, scale, beta, y):
-    # x: (N, C, L); mean, scale, beta: (C,) float64 -> y: (N, C, L)
+def _bn_apply_2d_kernel(x, coef, y):
+    # x: (N, C, L); coef: (3, C) float64 rows (mean, scale, beta) -> y: (N, C, L)
     # y = (x - mean) * scale + beta, scale = gamma * inv_std
     n_, c_, l_ = x.shape
     for nc in prange(n_ * c_):
         n = nc // c_
         c = nc - n * c_
-        m = mean[c]
-        s = scale[c]
-        b = beta[c]
+        m = coef[0, c]
+        s = coef[1, c]
+        b = coef[2, c]
         for l in range(l_):
             y[n, c, l] = (x[n, c, l] - m) * s + b
 
 
 @cpu_kernel
-def _bn_apply_1d_kernel(x, mean, scale, beta, y):
-    # x: (N, F); mean, scale, beta: (F,) float64 -> y: (N, F); y = (x - mean) * scale + beta
+def _bn_apply_1d_kernel(x, coef, y):
+    # x: (N, F); coef: (3, F) float64 rows (mean, scale, beta) -> y: (N, F)
+    # y = (x - mean) * scale + beta
     n_, f_ = x.shape
+    m, s, b = coef[0], coef[1], coef[2]
     for n in prange(n_):
         for f in range(f_):
-            y[n, f] = (x[n, f] - mean[f]) * scale[f] + beta[f]
+            y[n, f] = (x[n, f] - m[f]) * s[f] + b[f]
+
+
+@cpu_serial
+def _bn_backward_finish(s1, s2, gamma, inv_std, n, training, dgamma, dbeta, coef):
+    # s1, s2: (ROW_CHUNKS, C) float64 partials of sum dy, sum dy * (x - mean) ->
+    # dgamma, dbeta: (C,) x's dtype; coef: (3, C) float64 rows (p, q, r) for _bn_dx_*:
+    # dx = gamma*inv_std/n * (n*dy - dbeta - xhat*dgamma) = p*dy + q*(x - mean) + r (training);
+    # dx = gamma*inv_std*dy in eval (mean and inv_std are constants there).
+    chunks, c_ = s1.shape
+    for c in range(c_):
+        sum_dy = 0.0
+        sum_dy_xc = 0.0
+        for k in range(chunks):  # fixed merge order
+            sum_dy += s1[k, c]
+            sum_dy_xc += s2[k, c]
+        inv = np.float64(inv_std[c])
+        dg = sum_dy_xc * inv  # sum dy * xhat
+        p = gamma[c] * inv
+        dgamma[c] = dg
+        dbeta[c] = sum_dy
+        coef[0, c] = p
+        coef[1, c] = -p * inv * dg / n if training else 0.0
+        coef[2, c] = -p * sum_dy / n if training else 0.0
 
 
 @cpu_kernel
-def _bn_dx_2d_kernel(dy, x, mean, p, q, r, dx):
-    # dy, x: (N, C, L); mean, p, q, r: (C,) float64 -> dx: (N, C, L)
-    # dx = p * dy + q * (x - mean) + r (coefficients: see _dx_coefficients)
+def _bn_dx_2d_kernel(dy, x, mean, coef, dx):
+    # dy, x: (N, C, L); mean: (C,) float64; coef: (3, C) float64 rows (p, q, r) -> dx: (N, C, L)
+    # dx = p * dy + q * (x - mean) + r
     n_, c_, l_ = x.shape
     for nc in prange(n_ * c_):
         n = nc // c_
         c = nc - n * c_
         m = mean[c]
-        pc = p[c]
-        qc = q[c]
-        rc = r[c]
+        p = coef[0, c]
+        q = coef[1, c]
+        r = coef[2, c]
         for l in range(l_):
-            dx[n, c, l] = pc * dy[n, c, l] + qc * (x[n, c, l] - m) + rc
+            dx[n, c, l] = p * dy[n, c, l] + q * (x[n, c, l] - m) + r
 
 
 @cpu_kernel
-def _bn_dx_1d_kernel(dy, x, mean, p, q, r, dx):
-    # dy, x: (N, F); mean, p, q, r: (F,) float64 -> dx: (N, F); dx = p * dy + q * (x - mean) + r
+def _bn_dx_1d_kernel(dy, x, mean, coef, dx):
+    # dy, x: (N, F); mean: (F,) float64; coef: (3, F) float64 rows (p, q, r) -> dx: (N, F)
+    # dx = p * dy + q * (x - mean) + r
     n_, f_ = x.shape
+    p, q, r = coef[0], coef[1], coef[2]
     for n in prange(n_):
         for f in range(f_):
             dx[n, f] = p[f] * dy[n, f] + q[f] * (x[n, f] - mean[f]) + r[f]
@@ -147,69 +220,51 @@ def _view(a):
 
 
 def _channel_sums(u, u_shift, x, x_shift):
-    """Per-channel float64 (sum(u - u_shift), sum((u - u_shift) * (x - x_shift)))."""
-    kernel = _bn_sums_1d_kernel if x.ndim == 2 else _bn_sums_2d_kernel
+    """Chunk partials (ROW_CHUNKS, C) of sum(u - u_shift), sum((u - u_shift) * (x - x_shift))."""
     s1 = np.empty((ROW_CHUNKS, x.shape[1]), np.float64)
-    s2 = np.empty_like(s1)
+    s2 = np.empty((ROW_CHUNKS, x.shape[1]), np.float64)
+    kernel = _bn_sums_1d_kernel if x.ndim == 2 else _bn_sums_2d_kernel
     kernel.for_size(x.size)(u, u_shift, x, x_shift, s1, s2)
-    # Merge the chunk partials in chunk order (numpy adds the rows of axis 0 one after another).
-    return s1.sum(axis=0), s2.sum(axis=0)
-
-
-def _values_per_channel(x):
-    return x.shape[0] * (x.shape[2] if x.ndim == 3 else 1)
+    return s1, s2
 
 
 def batch_norm_forward(x, gamma, beta, running_mean=None, running_var=None, *, training=True,
                        momentum=0.1, eps=1e-5, out=None):
+    # The Python glue is kept to a few calls: small layers are dominated by it.
     xv = _view(x)
+    c = x.shape[1]
+    mean = np.empty(c, x.dtype)
+    inv_std = np.empty(c, x.dtype)
+    coef = np.empty((3, c), np.float64)
     if training:
-        n = _values_per_channel(xv)
-        shift = (xv[0, :, 0] if xv.ndim == 3 else xv[0]).astype(np.float64)  # one sample each
+        n = xv.size // c
+        shift = (xv[0] if xv.ndim == 2 else xv[0, :, 0]).astype(np.float64)  # a sample each
         s1, s2 = _channel_sums(xv, shift, xv, shift)
-        mean_shifted = s1 / n
-        mean = shift + mean_shifted
-        var = np.maximum(s2 / n - mean_shifted * mean_shifted, 0.0)  # biased
-        if running_mean is not None:
-            running_mean[...] = (momentum * mean
-                                 + (1.0 - momentum) * running_mean.astype(np.float64))
-            running_var[...] = (momentum * var * (n / (n - 1))
-                                + (1.0 - momentum) * running_var.astype(np.float64))
+        update = running_mean is not None
+        _bn_train_finish(s1, s2, shift, float(n), momentum, eps, update,
+                         running_mean if update else mean, running_var if update else inv_std,
+                         gamma, beta, mean, inv_std, coef)
     else:
-        mean = running_mean.astype(np.float64)
-        var = running_var.astype(np.float64)
-    inv_std = 1.0 / np.sqrt(var + eps)
+        _bn_eval_finish(running_mean, running_var, eps, gamma, beta, mean, inv_std, coef)
     y = np.empty_like(x) if out is None else out
     kernel = _bn_apply_1d_kernel if xv.ndim == 2 else _bn_apply_2d_kernel
-    kernel.for_size(x.size)(xv, mean, gamma.astype(np.float64) * inv_std,
-                            beta.astype(np.float64), _view(y))
-    return y, mean.astype(x.dtype), inv_std.astype(x.dtype)
+    kernel.for_size(x.size)(xv, coef, _view(y))
+    return y, mean, inv_std
 
 
 def batch_norm_backward(dy, x, gamma, mean, inv_std, *, training=True, out=None):
     dx_out, dgamma_out, dbeta_out = (None, None, None) if out is None else out
     xv, dyv = _view(x), _view(dy)
-    mean64, inv_std64 = mean.astype(np.float64), inv_std.astype(np.float64)
-    # One pass: dbeta = sum dy, dgamma = inv_std * sum dy * (x - mean)
-    dbeta, dy_xc = _channel_sums(dyv, np.zeros_like(mean64), xv, mean64)
-    dgamma = dy_xc * inv_std64
-    # dx = gamma*inv_std/n * (n*dy - dbeta - xhat*dgamma) = p*dy + q*(x - mean) + r (training);
-    # dx = gamma*inv_std*dy in eval (mean and inv_std are constants there).
-    p = gamma.astype(np.float64) * inv_std64
-    if training:
-        n = _values_per_channel(xv)
-        q = -p * inv_std64 * dgamma / n
-        r = -p * dbeta / n
-    else:
-        q = r = np.zeros_like(p)
+    c = x.shape[1]
+    mean64 = mean.astype(np.float64)
+    # One pass over dy and x: sum dy and sum dy * (x - mean), then dbeta, dgamma and dx's p, q, r.
+    s1, s2 = _channel_sums(dyv, np.zeros(c), xv, mean64)
+    dgamma = np.empty(c, x.dtype) if dgamma_out is None else dgamma_out
+    dbeta = np.empty(c, x.dtype) if dbeta_out is None else dbeta_out
+    coef = np.empty((3, c), np.float64)
+    _bn_backward_finish(s1, s2, gamma, inv_std, float(xv.size // c), training, dgamma, dbeta,
+                        coef)
     dx = np.empty_like(x) if dx_out is None else dx_out
     kernel = _bn_dx_1d_kernel if xv.ndim == 2 else _bn_dx_2d_kernel
-    kernel.for_size(x.size)(dyv, xv, mean64, p, q, r, _view(dx))
-    return dx, _into(dgamma_out, dgamma, x.dtype), _into(dbeta_out, dbeta, x.dtype)
-
-
-def _into(out, value, dtype):
-    if out is None:
-        return value.astype(dtype)
-    out[...] = value
-    return out
+    kernel.for_size(x.size)(dyv, xv, mean64, coef, _view(dx))
+    return dx, dgamma, dbeta
