@@ -158,6 +158,16 @@ def test_large_mean_float32(rng, variant, shape):
         assert_close(got, want, scale=1 + n / 100)
 
 
+@pytest.mark.parametrize("shape", [(5, 3), (2, 3, 2, 2)])
+def test_nan_propagates_to_its_channel_only(rng, shape):
+    x, gamma, beta, rm, rv = make(rng, shape, np.float64)
+    x[(1, 0) + (1,) * (x.ndim - 2)] = np.nan
+    y, mean, inv_std = F.batch_norm_forward(x, gamma, beta, rm, rv)
+    for a in (mean, inv_std, rm, rv):
+        assert np.isnan(a[0]) and np.isfinite(a[1:]).all()
+    assert np.isnan(y[:, 0]).all() and np.isfinite(y[:, 1:]).all()
+
+
 # ----- gradients by central finite differences (float64) -----
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])

@@ -112,7 +112,9 @@ def _bn_train_finish(s1, s2, shift, n, momentum, eps, update, running_mean, runn
             a2 += s2[k, c]
         mean_shifted = a1 / n
         mu = shift[c] + mean_shifted
-        var = max(a2 / n - mean_shifted * mean_shifted, 0.0)  # biased; >= 0 despite rounding
+        var = a2 / n - mean_shifted * mean_shifted  # biased
+        if var < 0.0:  # rounding; written as a test (not max()) so that NaN propagates
+            var = 0.0
         if update:  # PyTorch: the running variance is the unbiased var * n / (n - 1)
             running_mean[c] = momentum * mu + (1.0 - momentum) * running_mean[c]
             running_var[c] = momentum * var * (n / (n - 1.0)) + (1.0 - momentum) * running_var[c]
