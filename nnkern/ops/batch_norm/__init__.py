@@ -14,6 +14,8 @@ Backward, with xhat = (x - mean) * inv_std: dbeta = sum dy, dgamma = sum dy * xh
     eval:     dx = gamma * inv_std * dy          (mean and inv_std are constants)
 """
 
+import numpy as np
+
 from nnkern import _validate as v
 from nnkern.backend import device_of
 from nnkern.ops._dispatch import impl
@@ -32,9 +34,10 @@ def _check_vector(op, name, a, x):
 
 
 def _check_training(op, training):
-    if not isinstance(training, bool):
+    if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"{op}: training must be True or False, got {type(training).__name__} "
                         f"{training!r}")
+    return bool(training)
 
 
 def _check_batch_size(op, x):
@@ -63,7 +66,7 @@ def batch_norm_forward(x, gamma, beta, running_mean=None, running_var=None, *, t
     if running_mean is not None:
         _check_vector(op, "running_mean", running_mean, x)
         _check_vector(op, "running_var", running_var, x)
-    _check_training(op, training)
+    training = _check_training(op, training)
     momentum = v.check_float(op, "momentum", momentum, 0.0, 1.0)
     eps = v.check_float(op, "eps", eps, 0.0)
     if training:
@@ -90,7 +93,7 @@ def batch_norm_backward(dy, x, gamma, mean, inv_std, *, training=True, out=None)
     v.check_shape(op, "dy", dy, x.shape, "the shape of x")
     for name, a in (("gamma", gamma), ("mean", mean), ("inv_std", inv_std)):
         _check_vector(op, name, a, x)
-    _check_training(op, training)
+    training = _check_training(op, training)
     if out is None:
         out = (None, None, None)
     elif not isinstance(out, (tuple, list)) or len(out) != 3:
