@@ -1,8 +1,9 @@
 """Numba CPU kernels for 2-D pooling.
 
 Every kernel sees the batch as P = N*C independent planes, (N, C, H, W) -> (P, H, W) (a free
-reshape of a contiguous array), and runs ``prange`` over planes: each iteration owns its planes
-of y / dx, so overlapping windows never race and the results do not depend on the thread count.
+reshape of a contiguous array), and runs ``prange`` over planes (or fixed chunks of planes):
+each iteration owns its planes of y / dx, so overlapping windows never race and the results do
+not depend on the thread count.
 Window geometry (PyTorch's, see ``__init__``): output (oh, ow) covers input rows
 h0 + i*dh for i < kh with h0 = oh*sh - ph (columns alike); taps outside the input are skipped.
 """
@@ -12,6 +13,10 @@ from numba import prange
 
 from nnkern._jit import cpu_inline, cpu_kernel
 from nnkern._validate import window_output_size
+
+#: Planes are split into at most this many chunks for ``prange`` when a kernel needs scratch
+#: memory: one allocation per chunk instead of per plane.
+_CHUNKS = 256
 
 
 def _pair(value):
@@ -49,17 +54,28 @@ def _taps(n_out, size, k, s, p, d):
     return first, count
 
 
+@cpu_inline
+def _take_max(x, i, best, where):
+    # PyTorch CPU's update `v > best or isnan(v)`, scanning taps in row-major order: the first
+    # maximum wins ties, NaN wins over numbers and a later NaN over an earlier one.
+    val = x[i]
+    if val > best or np.isnan(val):
+        return val, i
+    return best, where
+
+
 @cpu_kernel
-def _max_pool2d_fwd_kernel(x, y, argmax, kh, kw, sh, sw, ph, pw, dh, dw):
-    # x: (P, H, W) -> y: (P, OH, OW), argmax: (P, OH, OW) int32 flat index h*W + w
-    # y = max over the window's taps inside the input. Scan in row-major tap order with
-    # PyTorch CPU's update rule `v > best or isnan(v)`: the first maximum wins ties, NaN wins
-    # over numbers and a later NaN over an earlier one.
-    p_, h_, w_ = x.shape
+def _max_pool2d_fwd_kernel(x, y, argmax, kh, kw, sh, sw, ph, pw, dh, dw, w_):
+    # x: (P, H*W) -> y: (P, OH, OW), argmax: (P, OH, OW) int32 flat index h*W + w
+    # y = max over the window's taps inside the input (padding never wins). Planes are
+    # indexed flat (h*W + w): ~1.5x faster than 3-D indexing in these short tap loops.
+    p_ = x.shape[0]
+    h_ = x.shape[1] // w_
     oh_, ow_ = y.shape[1], y.shape[2]
     h_first, h_count = _taps(oh_, h_, kh, sh, ph, dh)
     w_first, w_count = _taps(ow_, w_, kw, sw, pw, dw)
     for p in prange(p_):
+        xp = x[p]
         for oh in range(oh_):
             hb, hn = h_first[oh], h_count[oh]
             for ow in range(ow_):
@@ -69,16 +85,12 @@ def _max_pool2d_fwd_kernel(x, y, argmax, kh, kw, sh, sw, ph, pw, dh, dw):
                     y[p, oh, ow] = -np.inf
                     argmax[p, oh, ow] = -1
                     continue
-                best = x[p, hb, wb]  # same result as PyTorch's start at -inf (see tests)
                 where = hb * w_ + wb
+                best = xp[where]  # same result as PyTorch's start at -inf (see tests)
                 for i in range(hn):
-                    h = hb + i * dh
+                    row = (hb + i * dh) * w_ + wb
                     for j in range(wn):
-                        w = wb + j * dw
-                        val = x[p, h, w]
-                        if val > best or np.isnan(val):
-                            best = val
-                            where = h * w_ + w
+                        best, where = _take_max(xp, row + j * dw, best, where)
                 y[p, oh, ow] = best
                 argmax[p, oh, ow] = where
 
@@ -113,8 +125,9 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     y_out, argmax_out = (None, None) if out is None else out
     y = np.empty(shape, x.dtype) if y_out is None else y_out
     argmax = np.empty(shape, np.int32) if argmax_out is None else argmax_out
-    _max_pool2d_fwd_kernel.for_size(x.size)(_planes(x), _planes(y), _planes(argmax),
-                                            kh, kw, sh, sw, ph, pw, dh, dw)
+    _max_pool2d_fwd_kernel.for_size(x.size)(x.reshape(shape[0] * shape[1], -1), _planes(y),
+                                            _planes(argmax), kh, kw, sh, sw, ph, pw, dh, dw,
+                                            x.shape[3])
     return y, argmax
 
 
@@ -155,45 +168,62 @@ def _spans(n_out, size, k, s, p, count_include_pad):
 
 @cpu_kernel
 def _avg_pool2d_fwd_kernel(x, y, kh, kw, sh, sw, ph, pw, count_include_pad):
-    # x: (P, H, W) -> y: (P, OH, OW), y = (sum of the window's taps inside the input) / divisor,
-    # accumulated in float64
+    # x: (P, H, W) -> y: (P, OH, OW), y = (sum of the window's taps inside the input) / divisor.
+    # Separable sum, float64 throughout: per output row, colsum[w] = sum over the window's
+    # rows of x[h, w] (contiguous in w, so it vectorises), then y[oh, ow] = sum of colsum over
+    # the window's columns. ~2x faster than summing each window on its own.
     p_, h_, w_ = x.shape
     oh_, ow_ = y.shape[1], y.shape[2]
     h_lo, h_hi, h_div = _spans(oh_, h_, kh, sh, ph, count_include_pad)
     w_lo, w_hi, w_div = _spans(ow_, w_, kw, sw, pw, count_include_pad)
-    for p in prange(p_):
-        for oh in range(oh_):
-            for ow in range(ow_):
-                acc = 0.0
+    chunks = min(p_, _CHUNKS)
+    for c in prange(chunks):
+        colsum = np.empty(w_, np.float64)  # scratch, one per chunk of planes
+        for p in range(c * p_ // chunks, (c + 1) * p_ // chunks):
+            for oh in range(oh_):
+                for w in range(w_):
+                    colsum[w] = 0.0
                 for h in range(h_lo[oh], h_hi[oh]):
+                    for w in range(w_):
+                        colsum[w] += x[p, h, w]
+                for ow in range(ow_):
+                    acc = 0.0
                     for w in range(w_lo[ow], w_hi[ow]):
-                        acc += x[p, h, w]
-                div = h_div[oh] * w_div[ow]
-                y[p, oh, ow] = acc / div if div > 0 else 0.0
+                        acc += colsum[w]
+                    div = h_div[oh] * w_div[ow]
+                    y[p, oh, ow] = acc / div if div > 0 else 0.0
 
 
 @cpu_kernel
 def _avg_pool2d_bwd_kernel(dy, dx, kh, kw, sh, sw, ph, pw, count_include_pad):
-    # dy: (P, OH, OW) -> dx: (P, H, W): every window adds dy[oh, ow] / divisor(oh, ow) to each
-    # of its input elements. A scatter in output order, but only within plane p, which this
-    # iteration owns: overlapping windows accumulate without races, independently of threads.
+    # dy: (P, OH, OW) -> dx: (P, H, W): every window adds g = dy[oh, ow] / divisor(oh, ow) to
+    # each of its input elements. Separable again: per output row, row[w] = sum of g over the
+    # windows of that row covering column w, then row is added to each input row the window
+    # covers (contiguous in w). A scatter, but only within plane p, which this iteration owns:
+    # overlapping windows accumulate without races and in a fixed order.
     p_, h_, w_ = dx.shape
     oh_, ow_ = dy.shape[1], dy.shape[2]
     h_lo, h_hi, h_div = _spans(oh_, h_, kh, sh, ph, count_include_pad)
     w_lo, w_hi, w_div = _spans(ow_, w_, kw, sw, pw, count_include_pad)
-    for p in prange(p_):
-        for h in range(h_):
-            for w in range(w_):
-                dx[p, h, w] = 0
-        for oh in range(oh_):
-            for ow in range(ow_):
-                div = h_div[oh] * w_div[ow]
-                if div == 0:
-                    continue
-                g = dy[p, oh, ow] / div
+    chunks = min(p_, _CHUNKS)
+    for c in prange(chunks):
+        row = np.empty(w_, dx.dtype)  # scratch, one per chunk of planes
+        for p in range(c * p_ // chunks, (c + 1) * p_ // chunks):
+            for h in range(h_):
+                for w in range(w_):
+                    dx[p, h, w] = 0
+            for oh in range(oh_):
+                for w in range(w_):
+                    row[w] = 0
+                for ow in range(ow_):
+                    div = h_div[oh] * w_div[ow]
+                    if div > 0:
+                        g = dy[p, oh, ow] / div
+                        for w in range(w_lo[ow], w_hi[ow]):
+                            row[w] += g
                 for h in range(h_lo[oh], h_hi[oh]):
-                    for w in range(w_lo[ow], w_hi[ow]):
-                        dx[p, h, w] += g
+                    for w in range(w_):
+                        dx[p, h, w] += row[w]
 
 
 def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
