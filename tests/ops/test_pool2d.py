@@ -347,7 +347,7 @@ def test_bad_pooling_input_is_rejected_with_a_clear_message():
         F.avg_pool2d_forward(x, 2, count_include_pad="yes")
     with pytest.raises(ValueError, match=r"out y must have shape \(2, 3, 3, 3\)"):
         F.max_pool2d_forward(x, 2, out=(np.empty((2, 3, 2, 2), np.float32), None))
-    with pytest.raises(TypeError, match="out argmax must have dtype int32, got int64"):
+    with pytest.raises(TypeError, match=r"out argmax must have dtype int32 .*got int64"):
         F.max_pool2d_forward(x, 2, out=(None, np.empty((2, 3, 3, 3), np.int64)))
     with pytest.raises(TypeError, match="out has dtype float64 but the other arguments are "
                                         "float32"):
@@ -366,6 +366,10 @@ def test_bad_backward_input_is_rejected_with_a_clear_message():
     with pytest.raises(ValueError, match=r"argmax must have shape \(2, 3, 3, 3\) \(the shape "
                                          r"of dy\), got \(2, 3, 3, 2\)"):
         F.max_pool2d_backward(dy, np.ascontiguousarray(argmax[..., :2]), x.shape)
+    with pytest.raises(TypeError, match=f"{op}: argmax must be an array, got list"):
+        F.max_pool2d_backward(dy, argmax.tolist(), x.shape)
+    with pytest.raises(ValueError, match="argmax must be C-contiguous"):
+        F.max_pool2d_backward(dy, np.swapaxes(np.swapaxes(argmax, 2, 3).copy(), 2, 3), x.shape)
     with pytest.raises(ValueError, match=r"dy has \(N, C\) = \(2, 3\) but x_shape has \(2, 4\)"):
         F.max_pool2d_backward(dy, argmax, (2, 4, 6, 6))
     with pytest.raises(ValueError, match=r"argmax of plane \(n, c\) = \(1, 2\) holds indices "

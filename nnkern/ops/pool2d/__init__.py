@@ -62,17 +62,16 @@ def _window(op, x_shape, kernel_size, stride, padding, dilation, ceil_mode):
     return kernel, stride, padding, dilation, out_hw
 
 
-def _check_argmax_out(op, name, buf, shape):
-    if buf is None:
-        return
-    if not isinstance(buf, np.ndarray) and not hasattr(buf, "__cuda_array_interface__") \
-            and not getattr(buf, "__cuda_ndarray__", False):
-        raise TypeError(f"{op}: {name} must be an array, got {type(buf).__name__}")
-    if np.dtype(buf.dtype) != np.int32:
-        raise TypeError(f"{op}: {name} must have dtype int32, got {buf.dtype}")
-    v.check_shape(op, name, buf, shape, "the shape of the result")
-    if not v._is_c_contiguous(buf):
-        raise ValueError(f"{op}: {name} must be C-contiguous")
+def _check_argmax(op, name, a, shape, what):
+    """An argmax array (or buffer): int32, C-contiguous, of the given shape."""
+    if not hasattr(a, "dtype") or not hasattr(a, "shape"):
+        raise TypeError(f"{op}: {name} must be an array, got {type(a).__name__}")
+    if np.dtype(a.dtype) != np.int32:
+        raise TypeError(f"{op}: {name} must have dtype int32 (as max_pool2d_forward returns), "
+                        f"got {a.dtype}")
+    v.check_shape(op, name, a, shape, what)
+    if not v._is_c_contiguous(a):
+        raise ValueError(f"{op}: {name} must be C-contiguous, got a strided view")
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
@@ -88,7 +87,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     shape = (x.shape[0], x.shape[1], oh, ow)
     y_out, argmax_out = (None, None) if out is None else tuple(out)
     v.check_out(op, "out y", y_out, shape, x.dtype)
-    _check_argmax_out(op, "out argmax", argmax_out, shape)
+    if argmax_out is not None:
+        _check_argmax(op, "out argmax", argmax_out, shape, "the shape of the result")
     device = device_of(x, y_out, argmax_out, names=("x", "out y", "out argmax"))
     return impl(__name__, device).max_pool2d_forward(x, kernel, stride, padding, dilation,
                                                      ceil_mode, out=(y_out, argmax_out))
@@ -99,12 +99,7 @@ def max_pool2d_backward(dy, argmax, x_shape, *, out=None):
     op = "max_pool2d_backward"
     x_shape = _check_x_shape(op, x_shape)
     v.check_array(op, "dy", dy, ndim=4, layout=_NCHW)
-    if np.dtype(argmax.dtype) != np.int32:
-        raise TypeError(f"{op}: argmax must have dtype int32 (as max_pool2d_forward returns), "
-                        f"got {argmax.dtype}")
-    v.check_shape(op, "argmax", argmax, dy.shape, "the shape of dy")
-    if not v._is_c_contiguous(argmax):
-        raise ValueError(f"{op}: argmax must be C-contiguous")
+    _check_argmax(op, "argmax", argmax, dy.shape, "the shape of dy")
     if tuple(dy.shape[:2]) != x_shape[:2]:
         raise ValueError(f"{op}: dy has (N, C) = {tuple(dy.shape[:2])} but x_shape has "
                          f"{x_shape[:2]}")
