@@ -118,18 +118,18 @@ def window_output_size(op, size, kernel, stride, padding, dilation, ceil_mode=Fa
 
     floor((size + 2*padding - dilation*(kernel-1) - 1) / stride) + 1, or with ceil instead of
     floor when ``ceil_mode``; in ceil mode the last window must start inside the input or the
-    left padding (PyTorch's rule), else it is dropped.
+    left padding (PyTorch's rule), else it is dropped. Fewer than one window is a ValueError.
     """
     span = dilation * (kernel - 1) + 1
     room = size + 2 * padding - span
-    if room < 0:
-        raise ValueError(f"{op}: the kernel (size {kernel}, dilation {dilation}, span {span}) "
-                         f"is larger than the padded input along {axis} "
-                         f"({size} + 2*{padding} = {size + 2 * padding})")
-    if ceil_mode:
-        out = -(-room // stride) + 1
-        if (out - 1) * stride >= size + padding:
+    if ceil_mode:  # PyTorch: floor((room + stride - 1) / stride) + 1, then the start rule
+        out = (room + stride - 1) // stride + 1
+        if out > 0 and (out - 1) * stride >= size + padding:
             out -= 1
     else:
         out = room // stride + 1
+    if out < 1:
+        raise ValueError(f"{op}: the kernel (size {kernel}, dilation {dilation}, span {span}) "
+                         f"is larger than the padded input along {axis} "
+                         f"({size} + 2*{padding} = {size + 2 * padding})")
     return out

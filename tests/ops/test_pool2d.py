@@ -406,3 +406,12 @@ def test_bad_backward_input_is_rejected_with_a_clear_message():
         F.global_avg_pool2d_backward(dy, x.shape)
     with pytest.raises(ValueError, match=r"out must have shape \(2, 3, 6, 6\)"):
         F.max_pool2d_backward(dy, argmax, x.shape, out=np.empty((2, 3, 6, 5), np.float32))
+
+
+def test_ceil_mode_accepts_a_span_one_stride_past_the_input():
+    """PyTorch: a 6x6 input, kernel 3, stride 3, dilation (1, 3), ceil_mode -> 2x1 output
+    (the window's span 7 exceeds the input, but ceil mode still places one window)."""
+    x = np.arange(36, dtype=np.float64).reshape(1, 1, 6, 6)
+    y, argmax = F.max_pool2d_forward(x, 3, 3, 0, (1, 3), ceil_mode=True)
+    assert y.shape == (1, 1, 2, 1)
+    np.testing.assert_array_equal(y, ref.max_pool2d_forward(x, 3, 3, 0, (1, 3), True)[0])
