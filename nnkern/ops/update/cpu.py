@@ -1,0 +1,345 @@
+"""Numba CPU kernels for the update rules (formulas: ``nnkern.ops.update``; PyTorch's order).
+
+Every rule is one pass over flat views of the parameter, its gradient and its state: read g
+and p, apply the coupled regularizers, update the state, write p. That is 3-5 reads and 2-4
+writes per element where PyTorch's op-by-op code streams the arrays 6-15 times, and one kernel
+call per parameter instead of 3-12 dispatches. Elementwise, so prange needs no reduction and
+the serial and parallel variants give the same bits.
+
+dtype: hyperparameters arrive as Python floats (float64) and are cast once, before the loop,
+with ``p.dtype.type(...)``: Numba does not follow NEP 50, and ``x * lr`` with a float64 ``lr``
+would compute in float64 and round differently from PyTorch's float32 arithmetic. Scalar
+factors PyTorch computes in Python (1 - dampening, lr / (1 - beta1^step), ...) are computed
+here in float64 and then cast, as PyTorch does.
+
+Backends trust their arguments (validated by ``nnkern.ops.update`` or by the optimizer when it
+allocates the state): unused state arrays are passed as None and replaced by an empty array of
+the right dtype, so each kernel compiles once per dtype and variant.
+"""
+
+import math
+
+import numpy as np
+from numba import prange
+
+from nnkern._jit import cpu_inline, cpu_kernel
+
+#: fixed chunk count of sum_squares: the float64 partial sums merge in a fixed order
+SUM_CHUNKS = 16
+
+_EMPTY = {np.dtype(np.float32): np.empty(0, np.float32),
+          np.dtype(np.float64): np.empty(0, np.float64)}
+
+
+def _flat(a):
+    return a if a.ndim == 1 else a.reshape(-1)
+
+
+def _state(a, dtype):
+    return _EMPTY[dtype] if a is None else _flat(a)
+
+
+@cpu_inline
+def _lerp(start, end, w, one_minus_w, small):
+    # torch.lerp's two-sided formula (accurate at both ends; w cast to the dtype beforehand)
+    if small:
+        return start + w * (end - start)
+    return end - (end - start) * one_minus_w
+
+
+# ---- SGD ------------------------------------------------------------------------------------
+@cpu_kernel
+def _sgd_kernel(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, l1, first):
+    # p, g, buf: (n,) flat; buf is (0,) when momentum == 0
+    # d = g + wd p + l1 sign(p); buf = d (first) | mu buf + (1 - damp) d; d = buf | d + mu buf
+    lr_ = p.dtype.type(lr)
+    wd = p.dtype.type(weight_decay)
+    l1_ = p.dtype.type(l1)
+    mu = p.dtype.type(momentum)
+    keep = p.dtype.type(1.0 - dampening)
+    use_wd = weight_decay != 0.0
+    use_l1 = l1 != 0.0
+    use_mom = momentum != 0.0
+    for i in prange(p.size):
+        pi = p[i]
+        d = g[i]
+        if use_wd:
+            d = d + wd * pi
+        if use_l1:
+            d = d + l1_ * np.sign(pi)
+        if use_mom:
+            b = d if first else mu * buf[i] + keep * d
+            buf[i] = b
+            d = d + mu * b if nesterov else b
+        p[i] = pi - lr_ * d
+
+
+def sgd_update(p, g, buf=None, *, lr, momentum=0.0, dampening=0.0, nesterov=False,
+               weight_decay=0.0, l1=0.0, first=False):
+    p = _flat(p)
+    _sgd_kernel.for_size(p.size)(p, _flat(g), _state(buf, p.dtype), lr, momentum, dampening,
+                                 nesterov, weight_decay, l1, first)
+
+
+# ---- AdaGrad --------------------------------------------------------------------------------
+@cpu_kernel
+def _adagrad_kernel(p, g, state_sum, clr, eps, weight_decay, l1):
+    # p, g, state_sum: (n,); state_sum += d²; p -= clr d / (sqrt(state_sum) + eps)
+    clr_ = p.dtype.type(clr)
+    eps_ = p.dtype.type(eps)
+    wd = p.dtype.type(weight_decay)
+    l1_ = p.dtype.type(l1)
+    use_wd = weight_decay != 0.0
+    use_l1 = l1 != 0.0
+    for i in prange(p.size):
+        pi = p[i]
+        d = g[i]
+        if use_wd:
+            d = d + wd * pi
+        if use_l1:
+            d = d + l1_ * np.sign(pi)
+        s = state_sum[i] + d * d
+        state_sum[i] = s
+        p[i] = pi - clr_ * (d / (np.sqrt(s) + eps_))
+
+
+def adagrad_update(p, g, state_sum, *, clr, eps=1e-10, weight_decay=0.0, l1=0.0):
+    p = _flat(p)
+    _adagrad_kernel.for_size(p.size)(p, _flat(g), _flat(state_sum), clr, eps, weight_decay, l1)
+
+
+# ---- RMSProp --------------------------------------------------------------------------------
+@cpu_kernel
+def _rmsprop_kernel(p, g, square_avg, grad_avg, buf, lr, alpha, eps, weight_decay, l1, momentum,
+                    centered):
+    # p, g, square_avg: (n,); grad_avg: (n,) if centered else (0,); buf: (n,) if momentum else (0,)
+    # v = alpha v + (1 - alpha) d²; avg = sqrt(v - m²) + eps (centered, m = EMA of d) or
+    # sqrt(v) + eps; buf = mu buf + d / avg, p -= lr buf (momentum) or p -= lr d / avg
+    lr_ = p.dtype.type(lr)
+    a = p.dtype.type(alpha)
+    w = p.dtype.type(1.0 - alpha)
+    one_minus_w = p.dtype.type(1.0) - w
+    small = abs(w) < 0.5
+    eps_ = p.dtype.type(eps)
+    wd = p.dtype.type(weight_decay)
+    l1_ = p.dtype.type(l1)
+    mu = p.dtype.type(momentum)
+    use_wd = weight_decay != 0.0
+    use_l1 = l1 != 0.0
+    use_mom = momentum > 0.0
+    for i in prange(p.size):
+        pi = p[i]
+        d = g[i]
+        if use_wd:
+            d = d + wd * pi
+        if use_l1:
+            d = d + l1_ * np.sign(pi)
+        v = square_avg[i] * a + w * d * d
+        square_avg[i] = v
+        if centered:
+            m = _lerp(grad_avg[i], d, w, one_minus_w, small)
+            grad_avg[i] = m
+            avg = np.sqrt(v - m * m) + eps_
+        else:
+            avg = np.sqrt(v) + eps_
+        if use_mom:
+            b = buf[i] * mu + d / avg
+            buf[i] = b
+            p[i] = pi - lr_ * b
+        else:
+            p[i] = pi - lr_ * (d / avg)
+
+
+def rmsprop_update(p, g, square_avg, grad_avg=None, buf=None, *, lr, alpha=0.99, eps=1e-8,
+                   weight_decay=0.0, l1=0.0, momentum=0.0, centered=False):
+    p = _flat(p)
+    _rmsprop_kernel.for_size(p.size)(p, _flat(g), _flat(square_avg), _state(grad_avg, p.dtype),
+                                     _state(buf, p.dtype), lr, alpha, eps, weight_decay, l1,
+                                     momentum, centered)
+
+
+# ---- Adadelta -------------------------------------------------------------------------------
+@cpu_kernel
+def _adadelta_kernel(p, g, square_avg, acc_delta, lr, rho, eps, weight_decay, l1):
+    # p, g, square_avg, acc_delta: (n,)
+    # v = rho v + (1 - rho) d²; delta = sqrt(u + eps) / sqrt(v + eps) d;
+    # u = rho u + (1 - rho) delta²; p -= lr delta
+    lr_ = p.dtype.type(lr)
+    r = p.dtype.type(rho)
+    w = p.dtype.type(1.0 - rho)
+    eps_ = p.dtype.type(eps)
+    wd = p.dtype.type(weight_decay)
+    l1_ = p.dtype.type(l1)
+    use_wd = weight_decay != 0.0
+    use_l1 = l1 != 0.0
+    for i in prange(p.size):
+        pi = p[i]
+        d = g[i]
+        if use_wd:
+            d = d + wd * pi
+        if use_l1:
+            d = d + l1_ * np.sign(pi)
+        v = square_avg[i] * r + w * d * d
+        square_avg[i] = v
+        delta = np.sqrt(acc_delta[i] + eps_) / np.sqrt(v + eps_) * d
+        acc_delta[i] = acc_delta[i] * r + w * delta * delta
+        p[i] = pi - lr_ * delta
+
+
+def adadelta_update(p, g, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0,
+                    l1=0.0):
+    p = _flat(p)
+    _adadelta_kernel.for_size(p.size)(p, _flat(g), _flat(square_avg), _flat(acc_delta), lr, rho,
+                                      eps, weight_decay, l1)
+
+
+# ---- Adam / AdamW ---------------------------------------------------------------------------
+@cpu_kernel
+def _adam_kernel(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, beta2, eps, step_size,
+                 bias_correction2_sqrt, decay, weight_decay, l1, amsgrad):
+    # p, g, exp_avg, exp_avg_sq: (n,); max_exp_avg_sq: (n,) if amsgrad else (0,)
+    # p *= decay (AdamW: 1 - lr wd, else 1); m = lerp(m, d, 1 - b1); v = b2 v + (1 - b2) d²;
+    # p -= step_size m / (sqrt(v) / sqrt(1 - b2^t) + eps), step_size = lr / (1 - b1^t)
+    w1 = p.dtype.type(1.0 - beta1)
+    one_minus_w1 = p.dtype.type(1.0) - w1
+    small = abs(w1) < 0.5
+    b2 = p.dtype.type(beta2)
+    w2 = p.dtype.type(1.0 - beta2)
+    eps_ = p.dtype.type(eps)
+    ss = p.dtype.type(step_size)
+    bc2 = p.dtype.type(bias_correction2_sqrt)
+    dec = p.dtype.type(decay)
+    wd = p.dtype.type(weight_decay)
+    l1_ = p.dtype.type(l1)
+    use_decay = decay != 1.0
+    use_wd = weight_decay != 0.0
+    use_l1 = l1 != 0.0
+    for i in prange(p.size):
+        pi = p[i]
+        if use_decay:
+            pi = pi * dec
+        d = g[i]
+        if use_wd:
+            d = d + wd * pi
+        if use_l1:
+            d = d + l1_ * np.sign(pi)
+        m = _lerp(exp_avg[i], d, w1, one_minus_w1, small)
+        exp_avg[i] = m
+        v = exp_avg_sq[i] * b2 + w2 * d * d
+        exp_avg_sq[i] = v
+        if amsgrad:
+            v = max(max_exp_avg_sq[i], v)
+            max_exp_avg_sq[i] = v
+        p[i] = pi - ss * (m / (np.sqrt(v) / bc2 + eps_))
+
+
+def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, lr, beta1=0.9, beta2=0.999,
+                eps=1e-8, step, weight_decay=0.0, l1=0.0, amsgrad=False, decoupled=False):
+    p = _flat(p)
+    # bias corrections in Python float64, as torch.optim computes them
+    step_size = lr / (1 - beta1 ** step)
+    bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
+    decay = 1 - lr * weight_decay if decoupled else 1.0
+    _adam_kernel.for_size(p.size)(p, _flat(g), _flat(exp_avg), _flat(exp_avg_sq),
+                                  _state(max_exp_avg_sq, p.dtype), beta1, beta2, eps, step_size,
+                                  bias_correction2_sqrt, decay,
+                                  0.0 if decoupled else weight_decay, l1, amsgrad)
+
+
+# ---- Rprop ----------------------------------------------------------------------------------
+@cpu_kernel
+def _rprop_kernel(p, g, prev, step_size, etaminus, etaplus, step_size_min, step_size_max,
+                  weight_decay, l1):
+    # p, g, prev, step_size: (n,)
+    # s = sign(d prev); step_size = clamp(step_size * (eta+ | eta- | 1), min, max);
+    # d = 0 where s < 0; p -= sign(d) step_size; prev = d
+    em = p.dtype.type(etaminus)
+    ep = p.dtype.type(etaplus)
+    lo = p.dtype.type(step_size_min)
+    hi = p.dtype.type(step_size_max)
+    zero = p.dtype.type(0.0)
+    wd = p.dtype.type(weight_decay)
+    l1_ = p.dtype.type(l1)
+    use_wd = weight_decay != 0.0
+    use_l1 = l1 != 0.0
+    for i in prange(p.size):
+        pi = p[i]
+        d = g[i]
+        if use_wd:
+            d = d + wd * pi
+        if use_l1:
+            d = d + l1_ * np.sign(pi)
+        s = d * prev[i]
+        st = step_size[i]
+        if s > 0:
+            st = st * ep
+        elif s < 0:
+            st = st * em
+            d = zero  # no step after a sign change, and prev = 0
+        st = min(max(st, lo), hi)
+        step_size[i] = st
+        p[i] = pi - np.sign(d) * st
+        prev[i] = d
+
+
+def rprop_update(p, g, prev, step_size, *, etaminus=0.5, etaplus=1.2, step_size_min=1e-6,
+                 step_size_max=50.0, weight_decay=0.0, l1=0.0):
+    p = _flat(p)
+    _rprop_kernel.for_size(p.size)(p, _flat(g), _flat(prev), _flat(step_size), etaminus,
+                                   etaplus, step_size_min, step_size_max, weight_decay, l1)
+
+
+# ---- max-norm constraint and gradient-norm clipping -----------------------------------------
+@cpu_kernel
+def _max_norm_kernel(w, max_norm):
+    # w: (O, K), row o = output unit o's incoming weights; rows with norm > max_norm are scaled
+    # by max_norm / (norm + 1e-7) (torch.renorm); the norm accumulates in float64
+    rows, cols = w.shape
+    for o in prange(rows):
+        acc = 0.0
+        for k in range(cols):
+            x = np.float64(w[o, k])
+            acc += x * x
+        norm = math.sqrt(acc)
+        if norm > max_norm:
+            scale = w.dtype.type(max_norm / (norm + 1e-7))
+            for k in range(cols):
+                w[o, k] *= scale
+
+
+def max_norm_update(w, max_norm):
+    w2 = w.reshape(w.shape[0], -1)
+    _max_norm_kernel.for_size(w2.size)(w2, max_norm)
+
+
+@cpu_kernel
+def _sum_squares_kernel(x, partial):
+    # x: (n,) -> partial: (SUM_CHUNKS,) float64, partial[k] = sum of x² over the k-th chunk
+    n = x.size
+    chunks = partial.size
+    for k in prange(chunks):
+        acc = 0.0
+        for i in range(k * n // chunks, (k + 1) * n // chunks):
+            v = np.float64(x[i])
+            acc += v * v
+        partial[k] = acc
+
+
+def sum_squares(x):
+    x = _flat(x)
+    partial = np.empty(SUM_CHUNKS, np.float64)
+    _sum_squares_kernel.for_size(x.size)(x, partial)
+    return float(partial.sum())  # 16 values, fixed (pairwise) order
+
+
+@cpu_kernel
+def _scale_kernel(x, factor):
+    # x: (n,) *= factor (cast to x's dtype)
+    f = x.dtype.type(factor)
+    for i in prange(x.size):
+        x[i] *= f
+
+
+def scale_inplace(x, factor):
+    x = _flat(x)
+    _scale_kernel.for_size(x.size)(x, factor)
