@@ -12,7 +12,7 @@ nothing: kernels compile (or load from Numba's cache) on first use, or all at on
 
 __version__ = "0.1.0"
 
-from nnkern import functional, init, layers  # noqa: E402
+from nnkern import datasets, functional, init, layers, losses, models, optim  # noqa: E402
 from nnkern.backend import cuda_available, to_device  # noqa: E402
 from nnkern.init import manual_seed  # noqa: E402
 from nnkern.model import Sequential, load, save  # noqa: E402
@@ -26,6 +26,7 @@ from nnkern.training import (  # noqa: E402
     fit,
 )
 
-__all__ = ["functional", "init", "layers", "Sequential", "load", "save", "manual_seed",
-           "cuda_available", "to_device", "fit", "evaluate", "History", "Callback",
-           "EarlyStopping", "Checkpoint", "LambdaCallback", "__version__"]
+__all__ = ["datasets", "functional", "init", "layers", "losses", "models", "optim",
+           "Sequential", "load", "save", "manual_seed", "cuda_available", "to_device", "fit",
+           "evaluate", "History", "Callback", "EarlyStopping", "Checkpoint", "LambdaCallback",
+           "__version__"]
