@@ -63,6 +63,24 @@ def _ln2_reduce(typingctx, x, k):
 
 
 @intrinsic
+def _select(typingctx, cond, a, b):
+    """``a if cond else b`` as one LLVM select: no branch in Numba's IR.
+
+    Written-out conditionals (``if`` re-assignments, even ``a if c else b``) become branches
+    and phi nodes, which Numba's SSA check flags (NumbaIRAssumptionWarning) once these helpers
+    are inlined into prange loops; a select also vectorises directly.
+    """
+    if not (isinstance(cond, types.Boolean) and isinstance(a, types.Float) and a == b):
+        return None
+    sig = a(cond, a, b)
+
+    def codegen(context, builder, signature, args):
+        return builder.select(args[0], args[1], args[2])
+
+    return sig, codegen
+
+
+@intrinsic
 def strict_sub(typingctx, a, b):
     """a - b for floats of one type, never reassociated with the surrounding expression.
 
@@ -102,11 +120,8 @@ def _expf(x):
     ki = np.int32(k)
     k1 = ki >> np.int32(1)
     y = e * _pow2f(k1) * _pow2f(ki - k1)
-    if x < np.float32(_EXP_LO):
-        y = np.float32(0.0)
-    if x != x:  # NaN in, NaN out
-        y = x
-    return y
+    y = _select(x < np.float32(_EXP_LO), np.float32(0.0), y)
+    return _select(x != x, x, y)  # NaN in, NaN out
 
 
 @cpu_inline
@@ -126,11 +141,8 @@ def _expm1f(x):
     em = q * r * r + r
     s = _pow2f(np.int32(k))  # k in [-44, 127]
     y = strict_sub(s * em, np.float32(1.0) - s)  # strict: s*(em + 1) - 1 would cancel
-    if x < np.float32(-30.0):  # expm1 rounds to -1 in float32 below about -17
-        y = np.float32(-1.0)
-    if x != x:
-        y = x
-    return y
+    y = _select(x < np.float32(-30.0), np.float32(-1.0), y)  # -1 in float32 below about -17
+    return _select(x != x, x, y)
 
 
 @cpu_inline
@@ -147,10 +159,8 @@ def _tanhf(x):
     small = x + x * z * p
     a = abs(x)
     big = np.float32(1.0) - np.float32(2.0) / (_expf(a + a) + np.float32(1.0))
-    y = big if x > np.float32(0.0) else -big
-    if a < np.float32(0.625):
-        y = small
-    return y
+    big = _select(x > np.float32(0.0), big, -big)
+    return _select(a < np.float32(0.625), small, big)
 
 
 def vexp(v):

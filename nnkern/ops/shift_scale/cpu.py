@@ -34,19 +34,24 @@ _FLAT_CHUNK = 8192     # elements per partial sum in layer mode
 @cpu_kernel
 def _apply_rows_kernel(x, p, y, mul):
     # x: (N, F), p: (F,) -> y: (N, F); y = x * p if mul else x + p (p broadcast over rows).
-    # Task = (row n, block of _FBLOCK columns): parallel even for N = 1.
+    # Task = (row n, block of _FBLOCK columns): parallel even for N = 1. The block is taken
+    # as contiguous slices: indexing x[n, f0 + j] instead keeps LLVM from vectorising (it
+    # cannot prove the index non-negative, so negative-index wraparound stays in the loop).
     n_, f_ = x.shape
     nb = (f_ + _FBLOCK - 1) // _FBLOCK
     for t in prange(n_ * nb):
         n = t // nb
         f0 = (t - n * nb) * _FBLOCK
         f1 = min(f0 + _FBLOCK, f_)
+        xr = x[n, f0:f1]
+        pr = p[f0:f1]
+        yr = y[n, f0:f1]
         if mul:
-            for f in range(f0, f1):
-                y[n, f] = x[n, f] * p[f]
+            for j in range(f1 - f0):
+                yr[j] = xr[j] * pr[j]
         else:
-            for f in range(f0, f1):
-                y[n, f] = x[n, f] + p[f]
+            for j in range(f1 - f0):
+                yr[j] = xr[j] + pr[j]
 
 
 @cpu_kernel
@@ -96,7 +101,8 @@ def _apply(x, p, mode, y, mul):
 @cpu_kernel
 def _sum_rows_kernel(x, dy, partial, what):
     # x, dy: (N, F) -> partial: (K, F) float64; partial[k, f] = sum of t(x, dy)[n, f] over the
-    # k-th of K fixed row chunks. Task = (chunk k, block of _FBLOCK columns).
+    # k-th of K fixed row chunks. Task = (chunk k, block of _FBLOCK columns); contiguous
+    # slices as in _apply_rows_kernel.
     n_, f_ = dy.shape
     k_ = partial.shape[0]
     nb = (f_ + _FBLOCK - 1) // _FBLOCK
@@ -104,19 +110,23 @@ def _sum_rows_kernel(x, dy, partial, what):
         k = t // nb
         f0 = (t - k * nb) * _FBLOCK
         f1 = min(f0 + _FBLOCK, f_)
-        for f in range(f0, f1):
-            partial[k, f] = 0.0
+        w = f1 - f0
+        acc = partial[k, f0:f1]
+        for j in range(w):
+            acc[j] = 0.0
         for n in range(k * n_ // k_, (k + 1) * n_ // k_):
+            xr = x[n, f0:f1]
+            gr = dy[n, f0:f1]
             if what == SUM_DY:
-                for f in range(f0, f1):
-                    partial[k, f] += dy[n, f]
+                for j in range(w):
+                    acc[j] += gr[j]
             elif what == SUM_X_DY:
-                for f in range(f0, f1):
-                    partial[k, f] += np.float64(x[n, f]) * dy[n, f]
+                for j in range(w):
+                    acc[j] += np.float64(xr[j]) * gr[j]
             else:
-                for f in range(f0, f1):
-                    v = np.float64(x[n, f])
-                    partial[k, f] += v * dy[n, f] if v <= 0.0 else 0.0
+                for j in range(w):
+                    v = np.float64(xr[j])
+                    acc[j] += v * gr[j] if v <= 0.0 else 0.0
 
 
 @cpu_kernel
@@ -143,22 +153,24 @@ def _sum_channels_kernel(x, dy, partial, what):
 @cpu_kernel
 def _sum_flat_kernel(x, dy, partial, what):
     # x, dy: (M,) -> partial: (K,) float64; partial[k] = sum of t(x, dy) over the k-th
-    # chunk of _FLAT_CHUNK elements
+    # chunk of _FLAT_CHUNK elements (contiguous slices as in _apply_rows_kernel)
     m_ = dy.shape[0]
     for k in prange(partial.shape[0]):
         i0 = k * _FLAT_CHUNK
         i1 = min(i0 + _FLAT_CHUNK, m_)
+        xr = x[i0:i1]
+        gr = dy[i0:i1]
         acc = 0.0
         if what == SUM_DY:
-            for i in range(i0, i1):
-                acc += dy[i]
+            for j in range(i1 - i0):
+                acc += gr[j]
         elif what == SUM_X_DY:
-            for i in range(i0, i1):
-                acc += np.float64(x[i]) * dy[i]
+            for j in range(i1 - i0):
+                acc += np.float64(xr[j]) * gr[j]
         else:
-            for i in range(i0, i1):
-                v = np.float64(x[i])
-                acc += v * dy[i] if v <= 0.0 else 0.0
+            for j in range(i1 - i0):
+                v = np.float64(xr[j])
+                acc += v * gr[j] if v <= 0.0 else 0.0
         partial[k] = acc
 
 
