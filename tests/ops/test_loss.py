@@ -183,7 +183,10 @@ def test_float32_softmax_exponentials_are_accurate(rng):
     assert np.all(probs[~normal] < 1.2e-38)
 
 
-def test_loss_is_identical_across_variants_and_thread_counts(rng, monkeypatch):
+def test_loss_is_identical_across_thread_counts(rng, monkeypatch):
+    """The parallel kernels split work into fixed chunks: same bits for any thread count. The
+    serial variant is compiled separately and may vectorise its sums in another order
+    (fastmath reassoc), so it agrees to rounding."""
     x = rng.standard_normal((300, 257)).astype(np.float32)
     y = labels_for(rng, 300, 257)
     p = probabilities(rng, (300, 257), np.float32, 0.01, 0.99)
@@ -203,7 +206,8 @@ def test_loss_is_identical_across_variants_and_thread_counts(rng, monkeypatch):
         one_thread = losses()
     finally:
         numba.set_num_threads(threads)
-    assert serial == parallel == one_thread
+    assert parallel == one_thread
+    np.testing.assert_allclose(serial, parallel, rtol=1e-13)
 
 
 def test_writes_into_out_buffers(rng):
