@@ -14,13 +14,17 @@ Kernel-writing rules (ANCHORS §4.4, NUMBA_NOTES §2):
 * no warp intrinsics (the simulator lacks them).
 """
 
+import atexit
 import functools
+import json
 import math
+import os
 
 import numpy as np
 from numba import cuda
 
 import nnkern._jit  # noqa: F401  (sets Numba's cache directory before any kernel is decorated)
+from nnkern._validate import _is_c_contiguous
 from nnkern.backend import as_cuda_array
 
 THREADS = 256          #: threads per block for 1-D elementwise kernels
@@ -28,8 +32,69 @@ MAX_BLOCKS = 65_535     #: grid-stride loops cover larger arrays with at most th
 
 
 def kernel(fn):
-    """Decorator for a CUDA kernel: compiled per argument types on first launch, cached."""
-    return cuda.jit(cache=True)(fn)
+    """Decorator for a CUDA kernel: compiled per argument types on first launch, cached.
+
+    With ``NNKERN_RECORD_CUDA_SIGNATURES=<file>`` (set by tests/run.sh for the simulator run),
+    every launch's argument types are recorded to that file, so that a later process without
+    the simulator can compile each one for a real GPU (``tests/test_cuda_compile.py``): the
+    simulator runs kernels as Python and checks no types.
+    """
+    compiled = cuda.jit(cache=True)(fn)
+    if _RECORD_PATH:
+        return _Recorder(compiled, fn)
+    return compiled
+
+
+_RECORD_PATH = os.environ.get("NNKERN_RECORD_CUDA_SIGNATURES")
+_recorded = set()
+
+
+def _arg_type(a):
+    """A JSON-able description of a kernel argument's Numba type."""
+    if isinstance(a, (bool, np.bool_)):
+        return ["scalar", "|b1"]
+    if isinstance(a, np.generic):
+        return ["scalar", a.dtype.str]
+    if isinstance(a, int):
+        return ["scalar", "<i8"]
+    if isinstance(a, float):
+        return ["scalar", "<f8"]
+    if hasattr(a, "shape") and hasattr(a, "dtype"):
+        return ["array", np.dtype(a.dtype).str, len(a.shape), "C" if _is_c_contiguous(a) else "A"]
+    raise TypeError(f"cannot record a kernel argument of type {type(a).__name__}")
+
+
+class _Recorder:
+    """Wraps a kernel: ``k[grid, block](*args)`` records the argument types, then launches."""
+
+    def __init__(self, compiled, fn):
+        self._compiled, self._fn = compiled, fn
+
+    def __getitem__(self, config):
+        launch = self._compiled[config]
+
+        def record_and_launch(*args):
+            key = (self._fn.__module__, self._fn.__qualname__,
+                   json.dumps([_arg_type(a) for a in args]))
+            _recorded.add(key)
+            return launch(*args)
+        return record_and_launch
+
+    def __getattr__(self, name):
+        return getattr(self._compiled, name)
+
+
+@atexit.register
+def _write_recorded():
+    if not (_RECORD_PATH and _recorded):
+        return
+    existing = set()
+    if os.path.exists(_RECORD_PATH):
+        with open(_RECORD_PATH) as f:
+            existing = {tuple(json.loads(line)) for line in f if line.strip()}
+    with open(_RECORD_PATH, "w") as f:
+        for key in sorted(existing | _recorded):
+            f.write(json.dumps(list(key)) + "\n")
 
 
 def device_function(fn):
