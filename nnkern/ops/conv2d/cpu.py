@@ -46,8 +46,9 @@ def chunk_size(g, itemsize):
 def _valid_range(pad, offset, stride, size, out_size):
     # The outputs o in [lo, hi) whose input index o*stride + offset - pad lies in [0, size); the
     # others read zero padding.
+    # (both clamped to [0, out_size]: with padding wider than the input a whole row can be zero)
     first = pad - offset                       # need o*stride >= first
-    lo = 0 if first <= 0 else (first + stride - 1) // stride
+    lo = 0 if first <= 0 else min(out_size, (first + stride - 1) // stride)
     last = size - 1 + pad - offset             # need o*stride <= last
     hi = 0 if last < 0 else min(out_size, last // stride + 1)
     return lo, max(lo, hi)
