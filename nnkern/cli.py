@@ -24,9 +24,11 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, (_, summary) in COMMANDS.items():
         sub.add_parser(name, help=summary, add_help=False)
-    if not argv or argv[0] not in COMMANDS:
-        parser.print_help() if not argv or argv[0] in ("-h", "--help") else parser.parse_args(argv)
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    if argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints the usage error and exits with status 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
     command = argparse.ArgumentParser(prog=f"python -m nnkern {argv[0]}",
                                       description=module.DESCRIPTION)
