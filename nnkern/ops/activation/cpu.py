@@ -20,8 +20,8 @@ import numpy as np
 from numba import prange
 
 from nnkern._jit import cpu_kernel
+from nnkern.ops._vmath import strict_sub, vexp, vexpm1, vtanh
 from nnkern.ops.activation import SELU_ALPHA, SELU_SCALE
-from nnkern.ops.activation._vmath import strict_sub, vexp, vexpm1, vtanh
 from nnkern.ops.shift_scale.cpu import SUM_X_DY_NONPOS, param_grad_sums
 
 _LBLOCK = 512  # positions per softmax task: 512 * C values per pass, e.g. 128 KiB for C = 64

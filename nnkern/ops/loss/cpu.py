@@ -2,20 +2,19 @@
 
 Forward kernels write float64 partial sums, one per row (cross-entropy, hinge) or one per fixed
 block of ``_BLOCK`` elements (MSE, BCE: any rank, flattened); the wrapper adds them in a fixed
-order (NumPy's pairwise sum). Each partial is computed by exactly one loop iteration with the
-same code in the serial and the parallel variant, so the loss is bit-identical whatever the
-thread count or variant. Loss terms are evaluated in float64 (inputs promoted), except the
-softmax's exponentials, which are the probabilities themselves and are computed in the logits'
-dtype (float32 ``expf`` is the cost of this op), then summed in float64. Gradients are computed
-in the input's dtype with typed constants (Numba ignores NEP 50: a bare ``0.5`` would promote
-float32 to float64).
+order (NumPy's pairwise sum), so the loss is bit-identical whatever the thread count. Loss
+terms are evaluated in float64 (inputs promoted), except the softmax's exponentials, which are
+the probabilities themselves and are computed in the logits' dtype (float32: the vectorisable
+``nnkern.ops._vmath.vexp``), then summed in float64. Gradients are computed in the input's
+dtype with typed constants (Numba ignores NEP 50: a bare ``0.5`` would promote float32 to
+float64).
 """
 
 import numpy as np
-from numba import prange, types
-from numba.extending import overload
+from numba import prange
 
-from nnkern._jit import FASTMATH, cpu_inline, cpu_kernel
+from nnkern._jit import cpu_inline, cpu_kernel
+from nnkern.ops._vmath import vexp
 
 #: Elements per float64 partial sum of the element-wise losses (fixed: determinism).
 _BLOCK = 4096
@@ -41,53 +40,6 @@ def _blocks(size):
 
 
 # ---------------------------------------------------------------- softmax cross-entropy
-
-
-def _exp_nonpositive(x):
-    """exp(x) for x <= 0 (the softmax exponents x - max); jitted code gets the overload below."""
-    return np.exp(x)
-
-
-def _expf_nonpositive(x):
-    # float32 exp(x) for x <= 0 in plain arithmetic, so that LLVM vectorises the loop around it:
-    # Numba's np.exp calls libm's scalar expf (no SVML here), 4x slower in the softmax row loop.
-    # Cephes expf: x = k ln2 + r with |r| <= ln2/2 (ln2 split in two for an exact k ln2), a
-    # degree-7 polynomial for exp(r), then times 2^k built from the bits of -k (in [0, 126]),
-    # each factor a power of two, so exact. Max error ~5 ulp (3e-7 relative) over [-87.3, 0];
-    # below -87.3 (exp < 1.2e-38, float32's smallest normal) it returns 0. NaN stays NaN.
-    lo = np.float32(-87.33654)
-    xc = lo if x < lo else x
-    k = np.floor(xc * np.float32(1.4426950408889634) + np.float32(0.5))   # round(x / ln2) <= 0
-    r = xc - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
-    y = (((((np.float32(1.9875691500e-4) * r + np.float32(1.3981999507e-3)) * r
-            + np.float32(8.3334519073e-3)) * r + np.float32(4.1665795894e-2)) * r
-          + np.float32(1.6666665459e-1)) * r + np.float32(5.0000001201e-1)) * (r * r) \
-        + r + np.float32(1.0)
-    bits = np.int32(-k)
-    scale = np.float32(1.0)
-    if bits & 1:
-        scale *= np.float32(2.0 ** -1)
-    if bits & 2:
-        scale *= np.float32(2.0 ** -2)
-    if bits & 4:
-        scale *= np.float32(2.0 ** -4)
-    if bits & 8:
-        scale *= np.float32(2.0 ** -8)
-    if bits & 16:
-        scale *= np.float32(2.0 ** -16)
-    if bits & 32:
-        scale *= np.float32(2.0 ** -32)
-    if bits & 64:
-        scale *= np.float32(2.0 ** -64)
-    return np.float32(0.0) if x < lo else y * scale
-
-
-@overload(_exp_nonpositive, jit_options=dict(fastmath=FASTMATH, error_model="numpy"))
-def _exp_nonpositive_overload(x):
-    # float32: the vectorisable polynomial; float64 (gradient checks, 1e-11 parity): libm exp
-    if x == types.float32:
-        return _expf_nonpositive
-    return lambda x: np.exp(x)
 
 
 @cpu_inline
@@ -119,7 +71,7 @@ def _softmax_ce_fwd_kernel(x, labels, probs, row_loss):
     for n in prange(n_):
         m = _row_max(x, n)
         for j in range(c_):
-            probs[n, j] = _exp_nonpositive(x[n, j] - m)
+            probs[n, j] = vexp(x[n, j] - m)  # float32: a vectorisable polynomial
         s = np.float64(0.0)   # (not 0.0: under NUMBA_DISABLE_JIT, NEP 50 would make it float32)
         for j in range(c_):
             s += probs[n, j]
