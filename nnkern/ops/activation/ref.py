@@ -7,15 +7,8 @@ sigmoid in two branches, softmax with the maximum subtracted.
 
 import numpy as np
 
+from nnkern.ops._ref import into
 from nnkern.ops.activation import SELU_ALPHA, SELU_SCALE
-
-
-def _into(out, value, dtype):
-    value = np.asarray(value).astype(dtype)
-    if out is None:
-        return value
-    out[...] = value
-    return out
 
 
 def _f64(*arrays):
@@ -24,22 +17,22 @@ def _f64(*arrays):
 
 def relu_forward(x, *, out=None):
     (x64,) = _f64(x)
-    return _into(out, np.where(x64 < 0, 0.0, x64), x.dtype)  # NaN < 0 is False: NaN kept
+    return into(out, np.where(x64 < 0, 0.0, x64), x.dtype)  # NaN < 0 is False: NaN kept
 
 
 def relu_backward(dy, x, y, *, out=None):
     dy64, x64 = _f64(dy, x)
-    return _into(out, np.where(x64 > 0, dy64, 0.0), x.dtype)
+    return into(out, np.where(x64 > 0, dy64, 0.0), x.dtype)
 
 
 def leaky_relu_forward(x, negative_slope=0.01, *, out=None):
     (x64,) = _f64(x)
-    return _into(out, np.where(x64 > 0, x64, negative_slope * x64), x.dtype)
+    return into(out, np.where(x64 > 0, x64, negative_slope * x64), x.dtype)
 
 
 def leaky_relu_backward(dy, x, y, negative_slope=0.01, *, out=None):
     dy64, x64 = _f64(dy, x)
-    return _into(out, np.where(x64 > 0, dy64, negative_slope * dy64), x.dtype)
+    return into(out, np.where(x64 > 0, dy64, negative_slope * dy64), x.dtype)
 
 
 def _channel_view(w, x):
@@ -52,7 +45,7 @@ def _channel_view(w, x):
 def prelu_forward(x, weight, *, out=None):
     x64, w64 = _f64(x, weight)
     w64 = _channel_view(w64, x64)
-    return _into(out, np.where(x64 > 0, x64, w64 * x64), x.dtype)
+    return into(out, np.where(x64 > 0, x64, w64 * x64), x.dtype)
 
 
 def prelu_backward(dy, x, weight, *, out=None):
@@ -64,34 +57,34 @@ def prelu_backward(dy, x, weight, *, out=None):
         dw = np.array([contrib.sum()])
     else:
         dw = contrib.sum(axis=tuple(a for a in range(x.ndim) if a != 1))
-    return _into(dx_out, dx, x.dtype), _into(dw_out, dw, x.dtype)
+    return into(dx_out, dx, x.dtype), into(dw_out, dw, x.dtype)
 
 
 def elu_forward(x, alpha=1.0, *, out=None):
     (x64,) = _f64(x)
-    return _into(out, np.where(x64 > 0, x64, alpha * np.expm1(np.minimum(x64, 0))), x.dtype)
+    return into(out, np.where(x64 > 0, x64, alpha * np.expm1(np.minimum(x64, 0))), x.dtype)
 
 
 def elu_backward(dy, x, y, alpha=1.0, *, out=None):
     dy64, x64 = _f64(dy, x)
-    return _into(out, np.where(x64 > 0, dy64, alpha * np.exp(np.minimum(x64, 0)) * dy64),
+    return into(out, np.where(x64 > 0, dy64, alpha * np.exp(np.minimum(x64, 0)) * dy64),
                  x.dtype)
 
 
 def selu_forward(x, *, out=None):
     (x64,) = _f64(x)
-    return _into(out, SELU_SCALE * elu_forward(x64, SELU_ALPHA), x.dtype)
+    return into(out, SELU_SCALE * elu_forward(x64, SELU_ALPHA), x.dtype)
 
 
 def selu_backward(dy, x, y, *, out=None):
     dy64, x64 = _f64(dy, x)
-    return _into(out, SELU_SCALE * elu_backward(dy64, x64, None, SELU_ALPHA), x.dtype)
+    return into(out, SELU_SCALE * elu_backward(dy64, x64, None, SELU_ALPHA), x.dtype)
 
 
 def sigmoid_forward(x, *, out=None):
     (x64,) = _f64(x)
     z = np.exp(-np.abs(x64))  # in (0, 1]: never overflows
-    return _into(out, np.where(x64 >= 0, 1.0 / (1.0 + z), z / (1.0 + z)), x.dtype)
+    return into(out, np.where(x64 >= 0, 1.0 / (1.0 + z), z / (1.0 + z)), x.dtype)
 
 
 def sigmoid_backward(dy, x, y, *, out=None):
@@ -99,17 +92,17 @@ def sigmoid_backward(dy, x, y, *, out=None):
     dy64, x64 = _f64(dy, x)
     s_pos = sigmoid_forward(x64)
     s_neg = sigmoid_forward(-x64)
-    return _into(out, dy64 * s_pos * s_neg, x.dtype)
+    return into(out, dy64 * s_pos * s_neg, x.dtype)
 
 
 def tanh_forward(x, *, out=None):
     (x64,) = _f64(x)
-    return _into(out, np.tanh(x64), x.dtype)
+    return into(out, np.tanh(x64), x.dtype)
 
 
 def tanh_backward(dy, x, y, *, out=None):
     dy64, x64 = _f64(dy, x)
-    return _into(out, dy64 / np.cosh(np.minimum(np.abs(x64), 350.0)) ** 2, x.dtype)
+    return into(out, dy64 / np.cosh(np.minimum(np.abs(x64), 350.0)) ** 2, x.dtype)
 
 
 def _log_softmax64(x64):
@@ -119,7 +112,7 @@ def _log_softmax64(x64):
 
 def softmax_forward(x, *, out=None):
     (x64,) = _f64(x)
-    return _into(out, np.exp(_log_softmax64(x64)), x.dtype)
+    return into(out, np.exp(_log_softmax64(x64)), x.dtype)
 
 
 def softmax_backward(dy, x, y, *, out=None):
@@ -127,15 +120,15 @@ def softmax_backward(dy, x, y, *, out=None):
     dy64, x64 = _f64(dy, x)
     y64 = np.exp(_log_softmax64(x64))
     dx = y64 * dy64 - y64 * (y64 * dy64).sum(axis=1, keepdims=True)
-    return _into(out, dx, x.dtype)
+    return into(out, dx, x.dtype)
 
 
 def log_softmax_forward(x, *, out=None):
     (x64,) = _f64(x)
-    return _into(out, _log_softmax64(x64), x.dtype)
+    return into(out, _log_softmax64(x64), x.dtype)
 
 
 def log_softmax_backward(dy, x, y, *, out=None):
     dy64, x64 = _f64(dy, x)
     p = np.exp(_log_softmax64(x64))
-    return _into(out, dy64 - p * dy64.sum(axis=1, keepdims=True), x.dtype)
+    return into(out, dy64 - p * dy64.sum(axis=1, keepdims=True), x.dtype)

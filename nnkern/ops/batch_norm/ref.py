@@ -6,6 +6,8 @@ NCHW) and cast back to x's dtype at the end.
 
 import numpy as np
 
+from nnkern.ops._ref import into
+
 
 def _as_ncl(a):
     # (N, F) -> (N, F, 1); (N, C, H, W) -> (N, C, H*W)
@@ -33,7 +35,7 @@ def batch_norm_forward(x, gamma, beta, running_mean=None, running_var=None, *, t
     inv_std = 1.0 / np.sqrt(var + eps)
     y = _per_channel(gamma) * (x3 - mean[None, :, None]) * inv_std[None, :, None] \
         + _per_channel(beta)
-    return (_into(out, y.reshape(x.shape).astype(x.dtype)), mean.astype(x.dtype),
+    return (into(out, y.reshape(x.shape).astype(x.dtype)), mean.astype(x.dtype),
             inv_std.astype(x.dtype))
 
 
@@ -49,12 +51,5 @@ def batch_norm_backward(dy, x, gamma, mean, inv_std, *, training=True, out=None)
               * (n * dy3 - dbeta[None, :, None] - xhat * dgamma[None, :, None]))
     else:  # mean and inv_std are constants
         dx = _per_channel(gamma) * _per_channel(inv_std) * dy3
-    return (_into(out[0], dx.reshape(x.shape).astype(x.dtype)),
-            _into(out[1], dgamma.astype(x.dtype)), _into(out[2], dbeta.astype(x.dtype)))
-
-
-def _into(out, value):
-    if out is None:
-        return value
-    out[...] = value
-    return out
+    return (into(out[0], dx.reshape(x.shape).astype(x.dtype)),
+            into(out[1], dgamma.astype(x.dtype)), into(out[2], dbeta.astype(x.dtype)))

@@ -8,6 +8,7 @@ dw[:, :, i, j] correlates dy with that slice, dx scatters w[:, :, i, j].T @ dy b
 
 import numpy as np
 
+from nnkern.ops._ref import into
 from nnkern.ops.conv2d._geometry import conv_geometry
 
 
@@ -29,7 +30,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, *, out=None):
             y += np.einsum("kc,nchw->nkhw", w[:, :, i, j], xp[:, :, rows, cols])
     if b is not None:
         y += b[None, :, None, None]
-    return _into(out, y.astype(x.dtype))
+    return into(out, y.astype(x.dtype))
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, *, has_bias=True, need_dx=True,
@@ -48,16 +49,9 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, *, has_bias=True,
             dxp[:, :, rows, cols] += np.einsum("kc,nkhw->nchw", w[:, :, i, j], dy)
     dx = None
     if need_dx:  # the gradient of the padding is dropped
-        dx = _into(out[0], dxp[:, :, g.pt:g.pt + g.H, g.pl:g.pl + g.W].astype(x.dtype))
-    dw = _into(out[1], dw.astype(x.dtype))
+        dx = into(out[0], dxp[:, :, g.pt:g.pt + g.H, g.pl:g.pl + g.W].astype(x.dtype))
+    dw = into(out[1], dw.astype(x.dtype))
     db = None
     if has_bias:
-        db = _into(out[2], dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(x.dtype))
+        db = into(out[2], dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(x.dtype))
     return dx, dw, db
-
-
-def _into(out, value):
-    if out is None:
-        return value
-    out[...] = value
-    return out

@@ -6,6 +6,8 @@ dtype. The formulas are in the package docstring (``nnkern/ops/loss/__init__.py`
 
 import numpy as np
 
+from nnkern.ops._ref import into
+
 _LOG_MIN = -100.0   # torch clamps BCE's logs at -100 so p = 0 or 1 gives a finite loss
 _EPS = float(np.float32(1e-12))  # torch's floor on p (1 - p) in the BCE gradient (a C++
                                  # float constant: 9.9999999600e-13 in float64 too)
@@ -25,7 +27,7 @@ def softmax_cross_entropy_backward(probs, labels, *, out=None):
     n, c = probs.shape
     onehot = np.zeros((n, c))
     onehot[np.arange(n), labels] = 1.0
-    return _into(out, ((probs.astype(np.float64) - onehot) / n).astype(probs.dtype))
+    return into(out, ((probs.astype(np.float64) - onehot) / n).astype(probs.dtype))
 
 
 def mse_forward(pred, target):
@@ -35,7 +37,7 @@ def mse_forward(pred, target):
 
 def mse_backward(pred, target, *, out=None):
     d = pred.astype(np.float64) - target.astype(np.float64)
-    return _into(out, (2.0 * d / d.size).astype(pred.dtype))
+    return into(out, (2.0 * d / d.size).astype(pred.dtype))
 
 
 def binary_cross_entropy_forward(pred, target, *, from_logits=False):
@@ -61,7 +63,7 @@ def binary_cross_entropy_backward(pred, target, *, from_logits=False, out=None):
         grad = (sig - t) / x.size
     else:
         grad = (x - t) / np.maximum(x * (1.0 - x), _EPS) / x.size
-    return _into(out, grad.astype(pred.dtype))
+    return into(out, grad.astype(pred.dtype))
 
 
 def _hinge_terms(scores, labels, margin):
@@ -85,11 +87,4 @@ def hinge_backward(scores, labels, *, margin=1.0, out=None):
     active = (z > 0).astype(np.float64)           # subgradient 0 at the kink z = 0
     ds = active.copy()
     ds[np.arange(n), labels] = -active.sum(axis=1)
-    return _into(out, (ds / (n * c)).astype(scores.dtype))
-
-
-def _into(out, value):
-    if out is None:
-        return value
-    out[...] = value
-    return out
+    return into(out, (ds / (n * c)).astype(scores.dtype))

@@ -9,6 +9,7 @@ Loops run over output positions and kernel taps; each step is vectorised over (N
 import numpy as np
 
 from nnkern._validate import window_output_size
+from nnkern.ops._ref import into
 
 
 def _pair(value):
@@ -67,7 +68,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
                     where = np.where(take, index[hp, wp], where)
             y[:, :, oh, ow] = best
             argmax[:, :, oh, ow] = where
-    return _into(out[0] if out else None, y), _into(out[1] if out else None, argmax)
+    return into(out[0] if out else None, y), into(out[1] if out else None, argmax)
 
 
 def max_pool2d_backward(dy, argmax, x_shape, *, out=None):
@@ -78,7 +79,7 @@ def max_pool2d_backward(dy, argmax, x_shape, *, out=None):
             idx = argmax[n, c].ravel()
             keep = idx >= 0  # -1: a window without input elements
             np.add.at(dx[n, c], idx[keep], dy[n, c].ravel()[keep])
-    return _into(out, dx.reshape(x_shape))
+    return into(out, dx.reshape(x_shape))
 
 
 def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -92,7 +93,7 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
         for ow in range(o[1]):
             win = (slice(oh * s[0], oh * s[0] + k[0]), slice(ow * s[1], ow * s[1] + k[1]))
             y[:, :, oh, ow] = xp[:, :, win[0], win[1]].sum(axis=(2, 3)) / counted[win].sum()
-    return _into(out, y)
+    return into(out, y)
 
 
 def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -105,20 +106,13 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_m
         for ow in range(o[1]):
             win = (slice(oh * s[0], oh * s[0] + k[0]), slice(ow * s[1], ow * s[1] + k[1]))
             dxp[:, :, win[0], win[1]] += (dy[:, :, oh, ow] / counted[win].sum())[:, :, None, None]
-    return _into(out, dxp[:, :, p[0]:p[0] + x_shape[2], p[1]:p[1] + x_shape[3]])
+    return into(out, dxp[:, :, p[0]:p[0] + x_shape[2], p[1]:p[1] + x_shape[3]])
 
 
 def global_avg_pool2d_forward(x, *, out=None):
-    return _into(out, x.mean(axis=(2, 3), dtype=np.float64).astype(x.dtype))
+    return into(out, x.mean(axis=(2, 3), dtype=np.float64).astype(x.dtype))
 
 
 def global_avg_pool2d_backward(dy, x_shape, *, out=None):
     dx = np.broadcast_to((dy / (x_shape[2] * x_shape[3]))[:, :, None, None], x_shape)
-    return _into(out, dx.astype(dy.dtype))
-
-
-def _into(out, value):
-    if out is None:
-        return np.ascontiguousarray(value)
-    out[...] = value
-    return out
+    return into(out, dx.astype(dy.dtype))

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from nnkern.ops._ref import into
+
 
 def _view(p, x, mode):
     # the parameter reshaped to broadcast against x
@@ -19,30 +21,23 @@ def _reduce(t, p, mode):
     return t.sum(axis=axes).reshape(p.shape)
 
 
-def _into(out, value, dtype):
-    value = np.asarray(value).astype(dtype)
-    if out is None:
-        return value
-    out[...] = value
-    return out
-
 
 def shift_forward(x, b, mode, *, out=None):
-    return _into(out, x.astype(np.float64) + _view(b.astype(np.float64), x, mode), x.dtype)
+    return into(out, x.astype(np.float64) + _view(b.astype(np.float64), x, mode), x.dtype)
 
 
 def shift_backward(dy, b, mode, *, out=None):
     dx_out, db_out = (None, None) if out is None else out
-    dx = dy if dx_out is None else _into(dx_out, dy, dy.dtype)
-    return dx, _into(db_out, _reduce(dy.astype(np.float64), b, mode), dy.dtype)
+    dx = dy if dx_out is None else into(dx_out, dy, dy.dtype)
+    return dx, into(db_out, _reduce(dy.astype(np.float64), b, mode), dy.dtype)
 
 
 def scale_forward(x, w, mode, *, out=None):
-    return _into(out, x.astype(np.float64) * _view(w.astype(np.float64), x, mode), x.dtype)
+    return into(out, x.astype(np.float64) * _view(w.astype(np.float64), x, mode), x.dtype)
 
 
 def scale_backward(dy, x, w, mode, *, out=None):
     dx_out, dw_out = (None, None) if out is None else out
     dy64, x64 = dy.astype(np.float64), x.astype(np.float64)
-    dx = _into(dx_out, dy64 * _view(w.astype(np.float64), x, mode), x.dtype)
-    return dx, _into(dw_out, _reduce(x64 * dy64, w, mode), x.dtype)
+    dx = into(dx_out, dy64 * _view(w.astype(np.float64), x, mode), x.dtype)
+    return dx, into(dw_out, _reduce(x64 * dy64, w, mode), x.dtype)
