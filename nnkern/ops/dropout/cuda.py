@@ -14,7 +14,15 @@ so both backends derive them identically; the scale is cast to the array dtype t
 import numpy as np
 from numba import config, cuda
 
-from nnkern.ops._cuda import device_array, device_function, empty, empty_like, grid_1d, kernel
+from nnkern.ops._cuda import (
+    THREADS,
+    device_array,
+    device_function,
+    empty,
+    empty_like,
+    grid_1d,
+    kernel,
+)
 from nnkern.ops.dropout.cpu import keep_scale, keep_threshold, stream_key
 
 _G = np.uint64(0x9E3779B97F4A7C15)
@@ -85,6 +93,16 @@ def _flat(a):
     return a.reshape(a.size)
 
 
+def _pow2_ceil(n):
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _grid(n):
+    """grid_1d(n), with blocks of fewer threads (a warp at least) for arrays smaller than a
+    block: no idle threads in tiny launches (and much faster under the simulator)."""
+    return grid_1d(n, min(THREADS, max(32, _pow2_ceil(n))))
+
+
 def dropout_forward(x, p, seed, *, spatial=False, out=None):
     y_out, mask_out = (None, None) if out is None else out
     x = device_array(x)
@@ -94,10 +112,10 @@ def dropout_forward(x, p, seed, *, spatial=False, out=None):
     args = (stream_key(seed), keep_threshold(p), keep_scale(p, x.dtype))
     if spatial:
         length = x.size // (x.shape[0] * x.shape[1])
-        _spatial_dropout_fwd_kernel[grid_1d(x.size)](_flat(x), length, *args, _flat(y),
+        _spatial_dropout_fwd_kernel[_grid(x.size)](_flat(x), length, *args, _flat(y),
                                                      _flat(mask))
     else:
-        _dropout_fwd_kernel[grid_1d(x.size)](_flat(x), *args, _flat(y), _flat(mask))
+        _dropout_fwd_kernel[_grid(x.size)](_flat(x), *args, _flat(y), _flat(mask))
     return y, mask
 
 
@@ -105,6 +123,6 @@ def dropout_backward(dy, mask, p, *, spatial=False, out=None):
     dy, mask = device_array(dy), device_array(mask)
     dx = empty_like(dy) if out is None else device_array(out)
     length = dy.size // mask.size
-    _dropout_bwd_kernel[grid_1d(dy.size)](_flat(dy), _flat(mask), length,
+    _dropout_bwd_kernel[_grid(dy.size)](_flat(dy), _flat(mask), length,
                                           keep_scale(p, dy.dtype), _flat(dx))
     return dx
