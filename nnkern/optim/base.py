@@ -13,6 +13,13 @@ that is still zero-sized when the optimizer is built (lazily sized Shift/Scale l
 Zero-sized parameters are skipped. When a parameter's dtype or device changes, its state
 follows; when its shape changes, its state starts afresh.
 
+Devices: each parameter's step runs the update kernels of the device its data lives on
+(``nnkern.ops.update.cpu`` or ``.cuda``, looked up once when the state is bound), with its state
+arrays on that device: a CUDA parameter is updated by one fused kernel launch per step, and its
+state never leaves the GPU. ``state_dict()`` returns host numpy arrays whatever the device;
+``load_state_dict()`` puts each state array on its parameter's current device and dtype, so a
+state saved from a CPU optimizer resumes a CUDA one and vice versa.
+
 Gradients are overwritten by each backward pass (never accumulated), so every parameter is
 updated at every step and ``zero_grad()`` is only needed by code that accumulates by hand.
 """
@@ -23,7 +30,7 @@ import numbers
 import numpy as np
 
 from nnkern import _validate as v
-from nnkern.backend import CPU, device_of_array, to_device
+from nnkern.backend import CPU, CUDA, as_cuda_array, device_of_array, to_device
 from nnkern.layers.base import Parameter
 from nnkern.ops._dispatch import impl
 
@@ -44,8 +51,18 @@ class _State:
         self.dtype = self.device = None
 
 
-def _flat(a):
+def _flat(a, device=CPU):
+    """A flat view of ``a``; CUDA arrays as Numba device arrays (CuPy/PyTorch tensors are
+    wrapped once here, not at every step)."""
+    if device == CUDA:
+        a = as_cuda_array(a)
+        return a.reshape(a.size)
     return a.reshape(-1)
+
+
+def _cuda():
+    from nnkern.ops import _cuda  # imported on first use: ``import nnkern`` needs no GPU stack
+    return _cuda
 
 
 def _convert(a, dtype, device):
@@ -229,7 +246,7 @@ class Optimizer:
         elif st.dtype != dtype or st.device != device:
             st.bufs = [None if b is None else _convert(b, dtype, device) for b in st.bufs]
         st.data, st.grad = data, grad
-        st.p, st.g = _flat(data), _flat(grad)
+        st.p, st.g = _flat(data, device), _flat(grad, device)
         st.dtype, st.device = dtype, device
         st.backend = impl(_OPS, device)
         return st
@@ -240,9 +257,10 @@ class Optimizer:
         b = st.bufs[k]
         if b is not None:
             return b, False
-        b = np.full(st.p.size, fill, st.dtype)
-        if st.device != CPU:
-            b = to_device(b, st.device)
+        if st.device == CPU:
+            b = np.full(st.p.size, fill, st.dtype)
+        else:  # allocated and filled on the GPU (fill is cast to the dtype there)
+            b = _cuda().fill(_cuda().empty((st.p.size,), st.dtype), fill)
         st.bufs[k] = b
         return b, True
 
@@ -256,7 +274,10 @@ class Optimizer:
         """Fill every parameter's gradient with zeros."""
         for p in self._all_params():
             if p.grad is not None and 0 not in tuple(p.grad.shape):
-                p.grad[...] = 0
+                if isinstance(p.grad, np.ndarray):
+                    p.grad[...] = 0
+                else:  # one kernel, no host round trip
+                    _cuda().fill(as_cuda_array(p.grad), 0)
 
     # -- state dicts -----------------------------------------------------------------------------
     def state_dict(self):
@@ -335,9 +356,14 @@ class Optimizer:
             for k, state_name in enumerate(self.STATE):
                 if state_name in arrays:
                     st.bufs[k] = np.array(arrays[state_name], copy=True).reshape(-1)
-            # bound to the parameter's storage (dtype, device) at its next step
             st.dtype = next((b.dtype for b in st.bufs if b is not None), None)
             st.device = CPU
+            if 0 not in tuple(p.shape):
+                # onto the parameter's device and dtype now (bound to its storage at its next
+                # step; a still zero-sized parameter gets its state converted then)
+                dtype, device = np.dtype(p.dtype), p.device
+                st.bufs = [None if b is None else _convert(b, dtype, device) for b in st.bufs]
+                st.dtype, st.device = dtype, device
             states[p] = st
         lr = v.check_float(name, "lr", sd.get("lr", self._lr), 0.0)
         clip = sd.get("clip_norm", self.clip_norm)
@@ -389,8 +415,14 @@ def clip_grad_norm(params, max_norm):
         if g is not None and 0 not in tuple(g.shape):
             grads.append(g)
     total = 0.0
+    on_gpu = []
     for g in grads:
-        total += impl(_OPS, device_of_array(g)).sum_squares(g)
+        if device_of_array(g) == CPU:
+            total += impl(_OPS, CPU).sum_squares(g)
+        else:
+            on_gpu.append(g)
+    if on_gpu:  # all CUDA gradients in one reduction: one host synchronisation, not one each
+        total += impl(_OPS, CUDA).sum_squares_many(on_gpu)
     total = math.sqrt(total)
     coef = max_norm / (total + 1e-6)
     if not coef >= 1.0:  # also NaN, as torch (a non-finite norm poisons the gradients)
