@@ -36,7 +36,7 @@ from numba import cuda
 
 from nnkern.ops._cuda import THREADS, device_array, device_function, empty, grid_1d, kernel
 
-ELEMS_PER_THREAD = 16     #: target values per thread in a 2d statistics block
+ELEMS_PER_THREAD = 8      #: target values per thread in a 2d statistics block
 MAX_CHUNKS = 1024         #: at most this many partial blocks per channel
 COLS = 32                 #: 1d statistics block: features per block (a warp's width) ...
 ROWS = 8                  #: ... times rows; COLS * ROWS == THREADS
@@ -53,6 +53,11 @@ def _chunks(n, per_block):
 
 def _pow2_at_least(n):
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _finish_threads(chunks):
+    """Threads per block of the finish kernels: a power of two, at most THREADS and K."""
+    return min(THREADS, 1 << (int(chunks).bit_length() - 1))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -109,19 +114,44 @@ def _stats_of_shifted_sums(cnt, offset, s1, s2, zero):
 
 
 @device_function
-def _merge_stats(cnt, mean, m2, a, b, zero):
-    # Chan's merge of the triples (count, mean, M2) at index b into index a (shared arrays):
-    # n = na + nb, mean = ma + delta * nb/n, M2 = M2a + M2b + delta^2 * na*nb/n with
-    # delta = mb - ma. An empty b is skipped (0/0); an empty a has mean = M2 = 0, for which
-    # the formula returns b exactly.
+def _merge_stats(cnt, mean, m2, a, b):
+    # Chan's merge of the triples (count, mean, M2) at index b into index a (shared arrays;
+    # integer counts): n = na + nb, mean = ma + delta * nb/n, M2 = M2a + M2b + delta^2 * na*nb/n
+    # with delta = mb - ma. An empty b is skipped (0/0); an empty a has mean = M2 = 0, for
+    # which the formula returns b exactly.
     nb = cnt[b]
-    if nb > zero:
+    if nb > 0:
         na = cnt[a]
-        w = nb / (na + nb)
+        w = mean.dtype.type(nb) / mean.dtype.type(na + nb)
         delta = mean[b] - mean[a]
         mean[a] += delta * w
-        m2[a] += m2[b] + delta * delta * na * w
+        m2[a] += m2[b] + delta * delta * mean.dtype.type(na) * w
         cnt[a] = na + nb
+
+
+@device_function
+def _tree_merge_stats(cnt, mean, m2, t, size):
+    # Merge the triples of a block's threads 0 .. size-1 (a power of two) into index 0, pairwise.
+    # Every thread of the block calls this (it synchronises).
+    s = size // 2
+    while s > 0:
+        if t < s:
+            _merge_stats(cnt, mean, m2, t, t + s)
+        cuda.syncthreads()  # this tree level is complete before the next one reads it
+        s //= 2
+
+
+@device_function
+def _tree_sum2(s1, s2, t, size):
+    # s1[0], s2[0] = sums of s1[0 .. size-1], s2[...] (shared arrays), pairwise. Every thread
+    # of the block calls this (it synchronises).
+    s = size // 2
+    while s > 0:
+        if t < s:
+            s1[t] += s1[t + s]
+            s2[t] += s2[t + s]
+        cuda.syncthreads()  # this tree level is complete before the next one reads it
+        s //= 2
 
 
 @device_function
@@ -138,7 +168,7 @@ def _bn_stats_2d_kernel(x, part):
     # the values j in [k*n/K, (k+1)*n/K) of the channel (flat j = n*L + l, n = N*L values).
     # grid (C, K), block THREADS: thread t takes j = start + t, start + t + THREADS, ...,
     # consecutive threads on consecutive addresses.
-    cnt_buf = cuda.shared.array(THREADS, x.dtype)
+    cnt_buf = cuda.shared.array(THREADS, np.int64)
     mean_buf = cuda.shared.array(THREADS, x.dtype)
     m2_buf = cuda.shared.array(THREADS, x.dtype)
     c = cuda.blockIdx.x
@@ -150,8 +180,7 @@ def _bn_stats_2d_kernel(x, part):
     start = k * total // chunks
     end = (k + 1) * total // chunks
     zero = x.dtype.type(0)
-    one = x.dtype.type(1)
-    cnt = zero
+    cnt = 0
     local = zero
     s1 = zero
     s2 = zero
@@ -172,30 +201,25 @@ def _bn_stats_2d_kernel(x, part):
             d3 = x[n3, c, l3] - local
             s1 += (d0 + d1) + (d2 + d3)
             s2 += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-            cnt += x.dtype.type(4)
+            cnt += 4
             n, l = _advance(n3, l3, dn, dl, l_)
             j += 4 * THREADS
         while j < end:
             d = x[n, c, l] - local
             s1 += d
             s2 += d * d
-            cnt += one
+            cnt += 1
             n, l = _advance(n, l, dn, dl, l_)
             j += THREADS
     mean = zero
     m2 = zero
-    if cnt > zero:
-        mean, m2 = _stats_of_shifted_sums(cnt, local - x[0, c, 0], s1, s2, zero)
+    if cnt > 0:
+        mean, m2 = _stats_of_shifted_sums(x.dtype.type(cnt), local - x[0, c, 0], s1, s2, zero)
     cnt_buf[t] = cnt
     mean_buf[t] = mean
     m2_buf[t] = m2
     cuda.syncthreads()  # every thread's (count, mean, M2) is in shared memory
-    s = THREADS // 2
-    while s > 0:
-        if t < s:
-            _merge_stats(cnt_buf, mean_buf, m2_buf, t, t + s, zero)
-        cuda.syncthreads()  # this tree level is complete before the next one reads it
-        s //= 2
+    _tree_merge_stats(cnt_buf, mean_buf, m2_buf, t, THREADS)
     if t == 0:
         part[0, k, c] = mean_buf[0]
         part[1, k, c] = m2_buf[0]
@@ -206,7 +230,7 @@ def _bn_stats_1d_kernel(x, part):
     # x: (N, F) -> part: (2, K, F), part[:, k, f] = (mean, M2) of feature f over the rows
     # [k*N/K, (k+1)*N/K). grid (ceil(F / COLS), K), block (COLS, ROWS): threadIdx.x along the
     # contiguous features (a warp reads 32 consecutive values), threadIdx.y strides the rows.
-    cnt_buf = cuda.shared.array((ROWS, COLS), x.dtype)
+    cnt_buf = cuda.shared.array((ROWS, COLS), np.int64)
     mean_buf = cuda.shared.array((ROWS, COLS), x.dtype)
     m2_buf = cuda.shared.array((ROWS, COLS), x.dtype)
     tx = cuda.threadIdx.x
@@ -218,8 +242,7 @@ def _bn_stats_1d_kernel(x, part):
     start = k * n_ // chunks
     end = (k + 1) * n_ // chunks
     zero = x.dtype.type(0)
-    one = x.dtype.type(1)
-    cnt = zero
+    cnt = 0
     local = zero
     s1 = zero
     s2 = zero
@@ -233,18 +256,18 @@ def _bn_stats_1d_kernel(x, part):
             d3 = x[r + 3 * ROWS, f] - local
             s1 += (d0 + d1) + (d2 + d3)
             s2 += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-            cnt += x.dtype.type(4)
+            cnt += 4
             r += 4 * ROWS
         while r < end:
             d = x[r, f] - local
             s1 += d
             s2 += d * d
-            cnt += one
+            cnt += 1
             r += ROWS
     mean = zero
     m2 = zero
-    if cnt > zero:
-        mean, m2 = _stats_of_shifted_sums(cnt, local - x[0, f], s1, s2, zero)
+    if cnt > 0:
+        mean, m2 = _stats_of_shifted_sums(x.dtype.type(cnt), local - x[0, f], s1, s2, zero)
     cnt_buf[ty, tx] = cnt
     mean_buf[ty, tx] = mean
     m2_buf[ty, tx] = m2
@@ -252,7 +275,7 @@ def _bn_stats_1d_kernel(x, part):
     s = ROWS // 2
     while s > 0:
         if ty < s:
-            _merge_stats(cnt_buf, mean_buf, m2_buf, (ty, tx), (ty + s, tx), zero)
+            _merge_stats(cnt_buf, mean_buf, m2_buf, (ty, tx), (ty + s, tx))
         cuda.syncthreads()  # this tree level is complete before the next one reads it
         s //= 2
     if ty == 0 and f < f_:
@@ -267,24 +290,37 @@ def _bn_train_finish_kernel(part, x, l_, total, gamma, beta, update, running_mea
     # value; total = n values per channel -> mean, inv_std: (C,); coef: (2, C) rows
     # (scale, bias) of y = (x - mean) * scale + bias; running_mean, running_var: (C,) updated in
     # place when ``update``: running = keep * running + momentum * batch (keep = 1 - momentum),
-    # with the unbiased var * unbias (unbias = n / (n - 1)) for running_var. One thread per
-    # channel.
-    c = cuda.grid(1)
-    if c >= mean.shape[0]:
-        return
+    # with the unbiased var * unbias (unbias = n / (n - 1)) for running_var.
+    # One block per channel, B = blockDim.x <= THREADS threads (a power of two <= K): thread t
+    # merges chunks t, t + B, ... (Chan, in order), then a shared-memory tree merges the
+    # threads: no chain of K dependent loads, and a fixed order.
+    cnt_buf = cuda.shared.array(THREADS, np.int64)
+    mean_buf = cuda.shared.array(THREADS, part.dtype)
+    m2_buf = cuda.shared.array(THREADS, part.dtype)
+    c = cuda.blockIdx.x
+    t = cuda.threadIdx.x
+    size = cuda.blockDim.x
     chunks = part.shape[1]
     dt = part.dtype.type
     mu = dt(0)  # mean - shift
     m2 = dt(0)
     n_acc = 0
-    for k in range(chunks):  # Chan's merge, chunk by chunk: a fixed order
+    for k in range(t, chunks, size):
         nb = (k + 1) * total // chunks - k * total // chunks  # chunk k's count (>= 1)
         w = dt(nb) / dt(n_acc + nb)
         delta = part[0, k, c] - mu
         mu += delta * w
         m2 += part[1, k, c] + delta * delta * dt(n_acc) * w
         n_acc += nb
-    var = m2 / dt(total)  # biased
+    cnt_buf[t] = n_acc
+    mean_buf[t] = mu
+    m2_buf[t] = m2
+    cuda.syncthreads()  # every thread's (count, mean, M2) is in shared memory
+    _tree_merge_stats(cnt_buf, mean_buf, m2_buf, t, size)
+    if t != 0:
+        return
+    mu = mean_buf[0]
+    var = m2_buf[0] / dt(total)  # biased
     shift = x[c * l_]
     hi = shift + mu  # the mean, rounded to the dtype ...
     lo = (shift - hi) + mu  # ... and its rounding error (shift - hi is exact)
@@ -401,13 +437,7 @@ def _bn_sums_2d_kernel(dy, x, mean, part):
     s1_buf[t] = s1
     s2_buf[t] = s2
     cuda.syncthreads()  # every thread's sums are in shared memory
-    s = THREADS // 2
-    while s > 0:
-        if t < s:
-            s1_buf[t] += s1_buf[t + s]
-            s2_buf[t] += s2_buf[t + s]
-        cuda.syncthreads()  # this tree level is complete before the next one reads it
-        s //= 2
+    _tree_sum2(s1_buf, s2_buf, t, THREADS)
     if t == 0:
         part[0, k, c] = s1_buf[0]
         part[1, k, c] = s2_buf[0]
@@ -472,17 +502,27 @@ def _bn_bwd_finish_kernel(part, gamma, inv_std, n, training, dgamma, dbeta, coef
     #   training: dx = gamma*inv_std/n * (n*dy - dbeta - xhat*dgamma), so p = gamma*inv_std,
     #             q = -p*inv_std*dgamma/n, r = -p*dbeta/n;
     #   eval:     dx = gamma*inv_std*dy (mean and inv_std are constants): q = r = 0.
-    c = cuda.grid(1)
-    if c >= dgamma.shape[0]:
-        return
+    # One block per channel, threads and fixed order as in _bn_train_finish_kernel.
+    s1_buf = cuda.shared.array(THREADS, part.dtype)
+    s2_buf = cuda.shared.array(THREADS, part.dtype)
+    c = cuda.blockIdx.x
+    t = cuda.threadIdx.x
+    size = cuda.blockDim.x
     zero = part.dtype.type(0)
-    sum_dy = zero
-    sum_dy_xc = zero
-    for k in range(part.shape[1]):  # fixed order
-        sum_dy += part[0, k, c]
-        sum_dy_xc += part[1, k, c]
+    s1 = zero
+    s2 = zero
+    for k in range(t, part.shape[1], size):
+        s1 += part[0, k, c]
+        s2 += part[1, k, c]
+    s1_buf[t] = s1
+    s2_buf[t] = s2
+    cuda.syncthreads()  # every thread's sums are in shared memory
+    _tree_sum2(s1_buf, s2_buf, t, size)
+    if t != 0:
+        return
+    sum_dy = s1_buf[0]
     inv = inv_std[c]
-    dg = sum_dy_xc * inv
+    dg = s2_buf[0] * inv
     p = gamma[c] * inv
     dgamma[c] = dg
     dbeta[c] = sum_dy
@@ -596,7 +636,7 @@ def batch_norm_forward(x, gamma, beta, running_mean=None, running_var=None, *, t
         update = running_mean is not None
         rm = device_array(running_mean) if update else mean  # placeholders, not written
         rv = device_array(running_var) if update else inv_std
-        _bn_train_finish_kernel[grid_1d(c_)](
+        _bn_train_finish_kernel[c_, _finish_threads(part.shape[1])](
             part, xd.reshape(x.size), x.size // (x.shape[0] * c_), n, gamma_d, beta_d, update,
             rm, rv, dt(momentum), dt(1.0 - momentum), dt(n / (n - 1.0)), dt(eps), mean,
             inv_std, coef)
@@ -624,9 +664,9 @@ def batch_norm_backward(dy, x, gamma, mean, inv_std, *, training=True, out=None)
     dgamma = empty((c_,), x.dtype) if dgamma_out is None else dgamma_out
     dbeta = empty((c_,), x.dtype) if dbeta_out is None else dbeta_out
     coef = _workspace("coef", (3, c_), x.dtype)
-    _bn_bwd_finish_kernel[grid_1d(c_)](part, device_array(gamma), device_array(inv_std), dt(n),
-                                       bool(training), device_array(dgamma),
-                                       device_array(dbeta), coef)
+    _bn_bwd_finish_kernel[c_, _finish_threads(part.shape[1])](
+        part, device_array(gamma), device_array(inv_std), dt(n), bool(training),
+        device_array(dgamma), device_array(dbeta), coef)
     dx = empty(x.shape, x.dtype) if dx_out is None else dx_out
     _, dx_planes, _, _ = _layout(device_array(dx))
     _bn_dx_kernel[_grid_planes(planes.shape[1], planes.shape[0])](

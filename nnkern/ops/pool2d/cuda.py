@@ -18,10 +18,11 @@ import math
 import numpy as np
 from numba import cuda
 
-from nnkern.ops._cuda import THREADS, device_array, empty, fill, grid_1d, kernel
+from nnkern.ops._cuda import THREADS, device_array, device_function, empty, fill, grid_1d, kernel
 from nnkern.ops.pool2d.cpu import _geometry
 
 MAX_GRID_YZ = 65_535      #: CUDA's limit on gridDim.y and gridDim.z
+PLANES = 4                 #: planes per thread in the window kernels (_plane_group)
 EXTENT_PLANES = 8          #: planes per thread in the argmax-extent pass of the max backward
 INT32_MAX = 2**31 - 1
 
@@ -53,6 +54,28 @@ def _planes(a):
     return a.reshape(a.shape[0] * a.shape[1], *a.shape[2:])
 
 
+@device_function
+def _plane_group(p, lanes, p_):
+    # The other planes of a thread's group p, p + lanes, p + 2*lanes, p + 3*lanes (PLANES = 4
+    # independent loads per tap keep HBM busy). Planes past the end are clamped to the last
+    # plane: their loads are valid and their results are not stored (_store_group).
+    last = p_ - 1
+    return min(p + lanes, last), min(p + 2 * lanes, last), min(p + 3 * lanes, last)
+
+
+@device_function
+def _store_group(out, p, p1, p2, p3, lanes, i, j, v0, v1, v2, v3):
+    # out[q, i, j] = v for the planes of the group that exist
+    p_ = out.shape[0]
+    out[p, i, j] = v0
+    if p + lanes < p_:
+        out[p1, i, j] = v1
+    if p + 2 * lanes < p_:
+        out[p2, i, j] = v2
+    if p + 3 * lanes < p_:
+        out[p3, i, j] = v3
+
+
 _workspaces = {}
 
 
@@ -73,6 +96,15 @@ def _workspace(name, shape, dtype):
 
 # ---------------------------------------------------------------------------------- max pool
 
+@device_function
+def _take_max(v, best, where, idx):
+    # PyTorch's update `v > best or isnan(v)`; where < 0: the first real tap starts the scan
+    # (PyTorch starts at -inf with argmax on the first real tap: the same result)
+    if where < 0 or v > best or math.isnan(v):
+        return v, idx
+    return best, where
+
+
 @kernel
 def _max_pool2d_fwd_kernel(x, y, argmax, kh, kw, sh, sw, ph, pw, dh, dw):
     # x: (P, H, W) -> y: (P, OH, OW), argmax: (P, OH, OW) int32 flat index h*W + w
@@ -80,8 +112,10 @@ def _max_pool2d_fwd_kernel(x, y, argmax, kh, kw, sh, sw, ph, pw, dh, dw):
     # PyTorch's update `v > best or isnan(v)`: the first maximum wins ties, a NaN wins over
     # numbers and a later NaN over an earlier one; padding never wins. A (dilated) window
     # without a tap inside the input gives -inf and argmax -1.
-    ow, oh, p0 = cuda.grid(3)
-    p_step = cuda.gridsize(3)[2]
+    # Each thread takes one (oh, ow) in PLANES planes at once (_plane_group): PLANES
+    # independent loads per tap.
+    ow, oh, z = cuda.grid(3)
+    lanes = cuda.gridsize(3)[2]
     p_, h_, w_ = x.shape
     oh_, ow_ = y.shape[1], y.shape[2]
     if ow >= ow_ or oh >= oh_:
@@ -89,23 +123,36 @@ def _max_pool2d_fwd_kernel(x, y, argmax, kh, kw, sh, sw, ph, pw, dh, dw):
     h0 = oh * sh - ph
     w0 = ow * sw - pw
     neg_inf = x.dtype.type(-math.inf)
-    for p in range(p0, p_, p_step):
-        best = neg_inf
-        where = -1
+    for p in range(z, p_, PLANES * lanes):
+        p1, p2, p3 = _plane_group(p, lanes, p_)
+        best0 = best1 = best2 = best3 = neg_inf
+        where0 = where1 = where2 = where3 = -1
         for i in range(kh):
             h = h0 + i * dh
             if h >= 0 and h < h_:
                 for j in range(kw):
                     w = w0 + j * dw
                     if w >= 0 and w < w_:
-                        v = x[p, h, w]
-                        # the first real tap starts the scan (PyTorch starts at -inf with
-                        # argmax on the first real tap: the same result)
-                        if where < 0 or v > best or math.isnan(v):
-                            best = v
-                            where = h * w_ + w
-        y[p, oh, ow] = best
-        argmax[p, oh, ow] = where
+                        v0 = x[p, h, w]
+                        v1 = x[p1, h, w]
+                        v2 = x[p2, h, w]
+                        v3 = x[p3, h, w]
+                        idx = h * w_ + w
+                        best0, where0 = _take_max(v0, best0, where0, idx)
+                        best1, where1 = _take_max(v1, best1, where1, idx)
+                        best2, where2 = _take_max(v2, best2, where2, idx)
+                        best3, where3 = _take_max(v3, best3, where3, idx)
+        y[p, oh, ow] = best0
+        argmax[p, oh, ow] = where0
+        if p + lanes < p_:
+            y[p1, oh, ow] = best1
+            argmax[p1, oh, ow] = where1
+        if p + 2 * lanes < p_:
+            y[p2, oh, ow] = best2
+            argmax[p2, oh, ow] = where2
+        if p + 3 * lanes < p_:
+            y[p3, oh, ow] = best3
+            argmax[p3, oh, ow] = where3
 
 
 @kernel
@@ -196,9 +243,10 @@ def _max_pool2d_bwd_kernel(dy, argmax, ranges, dx):
     # dx[p, h, w] = sum of dy[p, oh, ow] over the outputs with argmax[p, oh, ow] = h*W + w.
     # Gather form (no atomics): the candidates are the outputs in rows ranges[:, h] and
     # columns ranges[:, H + w], summed in increasing (oh, ow), PyTorch CPU's scatter order.
-    # Entries -1 (empty windows) and indices outside the plane never match.
-    w, h, p0 = cuda.grid(3)
-    p_step = cuda.gridsize(3)[2]
+    # Entries -1 (empty windows) and indices outside the plane never match. PLANES planes
+    # per thread, as in the forward.
+    w, h, z = cuda.grid(3)
+    lanes = cuda.gridsize(3)[2]
     p_, h_, w_ = dx.shape
     if w >= w_ or h >= h_:
         return
@@ -208,13 +256,24 @@ def _max_pool2d_bwd_kernel(dy, argmax, ranges, dx):
     ow0 = ranges[0, h_ + w]
     ow1 = ranges[1, h_ + w] + 1
     zero = dx.dtype.type(0)
-    for p in range(p0, p_, p_step):
-        acc = zero
+    for p in range(z, p_, PLANES * lanes):
+        p1, p2, p3 = _plane_group(p, lanes, p_)
+        acc0 = acc1 = acc2 = acc3 = zero
         for oh in range(oh0, oh1):
             for ow in range(ow0, ow1):
-                if argmax[p, oh, ow] == idx:
-                    acc += dy[p, oh, ow]
-        dx[p, h, w] = acc
+                a0 = argmax[p, oh, ow]
+                a1 = argmax[p1, oh, ow]
+                a2 = argmax[p2, oh, ow]
+                a3 = argmax[p3, oh, ow]
+                if a0 == idx:
+                    acc0 += dy[p, oh, ow]
+                if a1 == idx:
+                    acc1 += dy[p1, oh, ow]
+                if a2 == idx:
+                    acc2 += dy[p2, oh, ow]
+                if a3 == idx:
+                    acc3 += dy[p3, oh, ow]
+        _store_group(dx, p, p1, p2, p3, lanes, h, w, acc0, acc1, acc2, acc3)
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
@@ -225,7 +284,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     y_out, argmax_out = (None, None) if out is None else out
     y = empty(shape, x.dtype) if y_out is None else y_out
     argmax = empty(shape, np.int32) if argmax_out is None else argmax_out
-    _max_pool2d_fwd_kernel[_grid_3d(ow, oh, shape[0] * shape[1])](
+    _max_pool2d_fwd_kernel[_grid_3d(ow, oh, -(-shape[0] * shape[1] // PLANES))](
         _planes(device_array(x)), _planes(device_array(y)), _planes(device_array(argmax)),
         kh, kw, sh, sw, ph, pw, dh, dw)
     return y, argmax
@@ -244,7 +303,7 @@ def max_pool2d_backward(dy, argmax, x_shape, *, out=None):
     _argmax_extent_kernel[_grid_3d(ow_, oh_, -(-p_ // EXTENT_PLANES))](argmax_p, w_, ext)
     ranges = _workspace("ranges", (2, h_ + w_), np.int32)
     _argmax_ranges_kernel[grid_1d(h_ + w_)](ext, h_, w_, oh_, ow_, ranges)
-    _max_pool2d_bwd_kernel[_grid_3d(w_, h_, p_)](dy_p, argmax_p, ranges,
+    _max_pool2d_bwd_kernel[_grid_3d(w_, h_, -(-p_ // PLANES))](dy_p, argmax_p, ranges,
                                                  _planes(device_array(dx)))
     return dx
 
@@ -256,8 +315,9 @@ def _avg_pool2d_fwd_kernel(x, y, kh, kw, sh, sw, ph, pw, count_include_pad):
     # x: (P, H, W) -> y: (P, OH, OW), y = (sum of the window's taps inside the input) / divisor;
     # the divisor is the window clipped to the padded input [-p, size + p) with
     # count_include_pad, else clipped to the input (PyTorch's rule, also in ceil mode).
-    ow, oh, p0 = cuda.grid(3)
-    p_step = cuda.gridsize(3)[2]
+    # PLANES planes per thread, as in the max forward.
+    ow, oh, z = cuda.grid(3)
+    lanes = cuda.gridsize(3)[2]
     p_, h_, w_ = x.shape
     oh_, ow_ = y.shape[1], y.shape[2]
     if ow >= ow_ or oh >= oh_:
@@ -274,12 +334,21 @@ def _avg_pool2d_fwd_kernel(x, y, kh, kw, sh, sw, ph, pw, count_include_pad):
         div = (h_hi - h_lo) * (w_hi - w_lo)
     zero = x.dtype.type(0)
     d = x.dtype.type(div)
-    for p in range(p0, p_, p_step):
-        acc = zero
+    for p in range(z, p_, PLANES * lanes):
+        p1, p2, p3 = _plane_group(p, lanes, p_)
+        acc0 = acc1 = acc2 = acc3 = zero
         for h in range(h_lo, h_hi):
             for w in range(w_lo, w_hi):
-                acc += x[p, h, w]
-        y[p, oh, ow] = acc / d if div > 0 else zero
+                acc0 += x[p, h, w]
+                acc1 += x[p1, h, w]
+                acc2 += x[p2, h, w]
+                acc3 += x[p3, h, w]
+        if div > 0:  # always, with PyTorch's window rules; no 0/0 if not
+            acc0 /= d
+            acc1 /= d
+            acc2 /= d
+            acc3 /= d
+        _store_group(y, p, p1, p2, p3, lanes, oh, ow, acc0, acc1, acc2, acc3)
 
 
 @kernel
@@ -287,9 +356,9 @@ def _avg_pool2d_bwd_kernel(dy, dx, kh, kw, sh, sw, ph, pw, count_include_pad):
     # dy: (P, OH, OW) -> dx: (P, H, W), dx[h, w] = sum of dy[oh, ow] / divisor(oh, ow) over
     # the windows covering (h, w): oh*sh - ph <= h < oh*sh - ph + kh, i.e.
     # ceil((h + ph - kh + 1) / sh) <= oh <= floor((h + ph) / sh) (columns alike). Gather form,
-    # summed in increasing (oh, ow).
-    w, h, p0 = cuda.grid(3)
-    p_step = cuda.gridsize(3)[2]
+    # summed in increasing (oh, ow); PLANES planes per thread share the window arithmetic.
+    w, h, z = cuda.grid(3)
+    lanes = cuda.gridsize(3)[2]
     p_, h_, w_ = dx.shape
     oh_, ow_ = dy.shape[1], dy.shape[2]
     if w >= w_ or h >= h_:
@@ -301,8 +370,10 @@ def _avg_pool2d_bwd_kernel(dy, dx, kh, kw, sh, sw, ph, pw, count_include_pad):
     ow0 = 0 if b <= 0 else (b + sw - 1) // sw
     ow1 = min(ow_, (w + pw) // sw + 1)
     zero = dx.dtype.type(0)
-    for p in range(p0, p_, p_step):
-        acc = zero
+    one = dx.dtype.type(1)
+    for p in range(z, p_, PLANES * lanes):
+        p1, p2, p3 = _plane_group(p, lanes, p_)
+        acc0 = acc1 = acc2 = acc3 = zero
         for oh in range(oh0, oh1):
             start = oh * sh - ph
             stop = min(start + kh, h_ + ph)
@@ -311,8 +382,12 @@ def _avg_pool2d_bwd_kernel(dy, dx, kh, kw, sh, sw, ph, pw, count_include_pad):
                 start_w = ow * sw - pw
                 stop_w = min(start_w + kw, w_ + pw)
                 fw = stop_w - start_w if count_include_pad else min(stop_w, w_) - max(start_w, 0)
-                acc += dy[p, oh, ow] / dx.dtype.type(fh * fw)
-        dx[p, h, w] = acc
+                g = one / dx.dtype.type(fh * fw)  # one division for the group's planes
+                acc0 += dy[p, oh, ow] * g
+                acc1 += dy[p1, oh, ow] * g
+                acc2 += dy[p2, oh, ow] * g
+                acc3 += dy[p3, oh, ow] * g
+        _store_group(dx, p, p1, p2, p3, lanes, h, w, acc0, acc1, acc2, acc3)
 
 
 def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -320,7 +395,7 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     (kh, kw), (sh, sw), (ph, pw), _, (oh, ow) = _geometry(x.shape, kernel_size, stride, padding,
                                                           1, ceil_mode)
     y = empty((x.shape[0], x.shape[1], oh, ow), x.dtype) if out is None else out
-    _avg_pool2d_fwd_kernel[_grid_3d(ow, oh, x.shape[0] * x.shape[1])](
+    _avg_pool2d_fwd_kernel[_grid_3d(ow, oh, -(-x.shape[0] * x.shape[1] // PLANES))](
         _planes(device_array(x)), _planes(device_array(y)), kh, kw, sh, sw, ph, pw,
         bool(count_include_pad))
     return y
@@ -331,7 +406,8 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_m
     (kh, kw), (sh, sw), (ph, pw), _, _ = _geometry(x_shape, kernel_size, stride, padding, 1,
                                                    ceil_mode)
     dx = empty(x_shape, dy.dtype) if out is None else out
-    _avg_pool2d_bwd_kernel[_grid_3d(x_shape[3], x_shape[2], x_shape[0] * x_shape[1])](
+    _avg_pool2d_bwd_kernel[_grid_3d(x_shape[3], x_shape[2],
+                                    -(-x_shape[0] * x_shape[1] // PLANES))](
         _planes(device_array(dy)), _planes(device_array(dx)), kh, kw, sh, sw, ph, pw,
         bool(count_include_pad))
     return dx
