@@ -14,9 +14,10 @@ Forward (training): three launches.
    are kept relative to the channel's shift so that they are of the order of the std, not of
    the mean: their rounding errors then stay relative to the std. Everything in the array's
    dtype: no float64 in float32 kernels.
-2. ``_bn_train_finish_kernel`` (one thread per channel): merges the K partials in chunk order
-   (Chan again), then mean, inv_std = 1/sqrt(var + eps) with the biased var = M2/n, the
-   running-statistic update (unbiased var * n/(n-1)) and the coefficients of step 3.
+2. ``_bn_train_finish_kernel`` (one small block per channel): merges the K partials in a
+   fixed order (Chan again), then mean, inv_std = 1/sqrt(var + eps) with the biased
+   var = M2/n, the running-statistic update (unbiased var * n/(n-1)) and the coefficients of
+   step 3.
 3. ``_bn_apply_kernel``: y = (x - mean) * scale + bias, elementwise, scale = gamma * inv_std,
    bias = beta - (rounding error of mean) * scale.
 Eval: ``_bn_eval_finish_kernel`` (mean, inv_std, scale from the running statistics), then 3.
@@ -164,8 +165,8 @@ def _wrap(c, c_):
 
 @kernel
 def _bn_stats_2d_kernel(x, part):
-    # x: (N, C, L) -> part: (2, K, C), part[:, k, c] = (mean, M2) of chunk k of channel c,
-    # the values j in [k*n/K, (k+1)*n/K) of the channel (flat j = n*L + l, n = N*L values).
+    # x: (N, C, L) -> part: (2, K, C), part[:, k, c] = (mean - x[0, c, 0], M2) of chunk k of
+    # channel c, its values j in [k*n/K, (k+1)*n/K) (flat j = n*L + l, n = N*L values).
     # grid (C, K), block THREADS: thread t takes j = start + t, start + t + THREADS, ...,
     # consecutive threads on consecutive addresses.
     cnt_buf = cuda.shared.array(THREADS, np.int64)
@@ -227,7 +228,7 @@ def _bn_stats_2d_kernel(x, part):
 
 @kernel
 def _bn_stats_1d_kernel(x, part):
-    # x: (N, F) -> part: (2, K, F), part[:, k, f] = (mean, M2) of feature f over the rows
+    # x: (N, F) -> part: (2, K, F), part[:, k, f] = (mean - x[0, f], M2) of feature f over the rows
     # [k*N/K, (k+1)*N/K). grid (ceil(F / COLS), K), block (COLS, ROWS): threadIdx.x along the
     # contiguous features (a warp reads 32 consecutive values), threadIdx.y strides the rows.
     cnt_buf = cuda.shared.array((ROWS, COLS), np.int64)

@@ -3,8 +3,9 @@
 The batch is seen as P = N*C independent planes, (N, C, H, W) -> (P, H, W) (a free reshape).
 Pooling forwards and all backwards run one thread per element of their result on a 3-D launch
 from :func:`_grid_3d`: threadIdx.x along the contiguous width (OW for y, W for dx), threadIdx.y
-along the height, threadIdx.z plus a grid-stride loop along the planes. No integer division
-unravels a flat index, and a warp reads and writes consecutive addresses.
+along the height, threadIdx.z plus a grid-stride loop along the planes, PLANES = 4 planes per
+thread in the window kernels (independent loads per tap: HBM needs many bytes in flight). No
+integer division unravels a flat index, and a warp reads and writes consecutive addresses.
 Window geometry (PyTorch's, see ``__init__``): output (oh, ow) covers input rows
 oh*sh - ph + i*dh for i < kh (columns alike); taps outside the input are skipped.
 Input gradients are gathers: each dx thread finds the outputs that read its element and sums
