@@ -126,18 +126,24 @@ def mma_tile(As, Bs, st, acc, fa, fb, tx, ty):
 
 
 @device_function
-def fetch_kwide(v, regs, r0, nrows, k, K):
-    # v: (P, R, Q), the R x P*Q matrix whose wide index is the reduction index k:
-    # regs[t] <- element (r0 + 16 t, k), 0 outside the matrix (k >= K or row >= nrows).
+def fetch_rows(v, regs, p, q, r0, nrows, valid):
+    # v: (P, R, Q): regs[t] <- v[p, r0 + 16 t, q] (rows r0, r0+16, ... of one wide column),
+    # 0 past nrows or when not valid
     zero = v.dtype.type(0)
-    p = udiv(k, v.shape[2])
-    q = k - p * v.shape[2]
     for t in range(regs.shape[0]):
         r = r0 + 16 * t
-        if k < K and r < nrows:
+        if valid and r < nrows:
             regs[t] = v[u64(p), u64(r), u64(q)]
         else:
             regs[t] = zero
+
+
+@device_function
+def fetch_kwide(v, regs, r0, nrows, k, K):
+    # v: (P, R, Q), the R x P*Q matrix whose wide index is the reduction index k:
+    # regs[t] <- element (r0 + 16 t, k), 0 outside the matrix (k >= K or row >= nrows).
+    p = udiv(k, v.shape[2])
+    fetch_rows(v, regs, p, k - p * v.shape[2], r0, nrows, k < K)
 
 
 @device_function
