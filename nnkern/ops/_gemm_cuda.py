@@ -23,19 +23,20 @@ of C, BM, BN in {64, 128}; thread (tx, ty) owns the TM x TN = (BM/16) x (BN/16) 
     cols  n0 + tx + 16*j  (j < TN)          a warp reads 16 consecutive words of Bs (no bank
                                             conflicts) and writes 16 consecutive words of C
 
-                       n0                         n0+BN
-                        +-----------------------------+
-        Bs[st, kk, n]   |   op(B)[k0:k0+BK, n0:n0+BN] |  BK = 16 rows
-                        +-----------------------------+
-      m0 +--------+     +-----------------------------+
-         | As[st, |     |  . . . . . . . . . . . . .  |   x = outputs of thread (0, 0):
-         |  kk, m]|     |  . x . . . . . x . . . . .  |   every 16th row and column;
-         |        |     |  . . . . . . . . . . . . .  |   acc[i, j] += As[kk, ty+16i]
-         | op(A)  |     |  . x . . . . . x . . . . .  |                * Bs[kk, tx+16j]
-         | tile,  |     |                             |   for kk < BK: TM + TN shared
-         | k-major|     |       C tile BM x BN        |   loads per TM*TN FMAs
-   m0+BM +--------+     +-----------------------------+
-           BK = 16
+                 n0           n0+BN
+                 +----------------+
+ Bs[st, kk, n]   |   op(B) tile   |   BK x BN, k-major (BK = 16)
+                 +----------------+
+ m0 +----------+ +----------------+
+    | As[st,   | |x   x   x   x   |   the C tile, 64 x 64 here, drawn with 1 char = 4
+    |   kk, m] | |                |   columns and 1 line = 8 rows: x = the 4 x 4
+    |          | |x   x   x   x   |   outputs of thread (0, 0), rows and columns
+    | op(A)    | |                |   0, 16, 32, 48; thread (tx, ty) owns the same
+    | tile,    | |x   x   x   x   |   pattern shifted by (ty, tx). Per kk < BK:
+    | BM x BK, | |                |     fa[i] = As[kk, ty + 16i], fb[j] = Bs[kk, tx + 16j],
+    | k-major  | |x   x   x   x   |     acc[i, j] += fa[i] * fb[j]
+    |          | |                |   TM + TN shared loads for TM * TN FMAs.
+ m0+BM---------+ +----------------+
 
 K is walked in tiles of BK = 16. Shared memory holds two stages of each tile (double
 buffering), stored k-major (As[stage, kk, m]) with 2 words of padding per row so that the
@@ -47,7 +48,17 @@ threads read consecutive m. Out-of-range rows, columns and k read as 0, so any M
 
 Accumulators are in the operands' dtype (float32 stays float32; float64 kernels exist for the
 tests and gradient checks). float64 uses the 64 x 64 tile only (two 128-wide double stages do
-not fit the 48 KiB of static shared memory).
+not fit the 48 KiB of static shared memory). The tile shape is picked per call from M and N
+(``pick_tile``): 128 along an axis only where the grid still has about a block per SM.
+
+Code generation (checked with ptxas for sm_90 by tests/cuda/test_gemm_cuda.py): acc, the
+fragments and the prefetch registers are ``cuda.local.array``s that must become registers,
+which needs every loop indexing them fully unrolled, so those loops have constant trip counts
+and small bodies (the epilogue uses flat unsigned offsets, no divisions). Shared and global
+indices are cast to uint64 (``u64``), which drops Numba's negative-index wraparound code, and
+the BK loop is a ``while`` loop (LLVM cannot prove a ``range`` index non-negative): the inner
+loop is then TM+TN shared loads + TM*TN FMAs + ~3 instructions per k step. Registers per
+thread: ~65-100 for 64 x 64, ~100-130 for 64 x 128 / 128 x 64, ~160 for 128 x 128.
 
 Split-K
 -------
@@ -55,6 +66,7 @@ When the tiles of C are too few to fill the GPU (conv weight gradients: 64 x 576
 reduction over N*OH*OW ~ 32k), the K range is cut into S chunks, a grid z index per chunk. Each
 writes its partial tile into a workspace (S, M, N) and a second kernel adds the S partials in the
 fixed order s = 0, 1, ..., then applies alpha, beta and the bias: deterministic, no atomics.
+(beta != 0 always takes this path, S = 1 included, so the tile epilogue never reads C.)
 Tile shape and S depend on the shapes only, so results are reproducible run to run.
 """
 

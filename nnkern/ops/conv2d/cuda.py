@@ -377,16 +377,16 @@ def channel_sums(a, out):
 # Host side
 # ---------------------------------------------------------------------------------------------
 
-def _index_dtype(*extents):
-    return np.int32 if max(extents) < 2 ** 31 else np.int64
+def _to_device_table(tab):
+    """An int32 device copy of an index table (int64 only if some offset needs it)."""
+    return cuda.to_device(tab.astype(np.int32 if np.abs(tab).max() < 2 ** 31 else np.int64))
 
 
 @functools.lru_cache(maxsize=256)
 def _im2col_table(C, H, W, KH, KW, dh, dw):
     """(3, C*KH*KW) device table of the im2col rows: offset in the image, i*dh, j*dw."""
     c, i, j = np.meshgrid(np.arange(C), np.arange(KH) * dh, np.arange(KW) * dw, indexing="ij")
-    tab = np.stack([c * H * W + i * W + j, i, j]).reshape(3, -1)
-    return cuda.to_device(tab.astype(_index_dtype(C * H * W)))
+    return _to_device_table(np.stack([c * H * W + i * W + j, i, j]).reshape(3, -1))
 
 
 @functools.lru_cache(maxsize=256)
@@ -395,9 +395,9 @@ def _dgrad_table(K, C, OH, OW, KH, KW, dh, dw):
     w[k, 0, i, j] in w, offset of dy[n, k, oh, ow] relative to (oh + i*dh, ow + j*dw), i*dh,
     j*dw."""
     k, i, j = np.meshgrid(np.arange(K), np.arange(KH), np.arange(KW), indexing="ij")
-    tab = np.stack([k * C * KH * KW + i * KW + j, k * OH * OW - i * dh * OW - j * dw,
-                    i * dh, j * dw]).reshape(4, -1)
-    return cuda.to_device(tab.astype(_index_dtype(K * C * KH * KW, K * OH * OW)))
+    return _to_device_table(np.stack([k * C * KH * KW + i * KW + j,
+                                      k * OH * OW - i * dh * OW - j * dw,
+                                      i * dh, j * dw]).reshape(4, -1))
 
 
 def _launch(kind, srcs, c3, bias, tab, M, N, K, geometry):
