@@ -16,10 +16,11 @@ import time
 
 import numpy as np
 
-from nnkern.backend import CPU, check_device, cuda_available, to_device, to_host
+from nnkern.backend import CPU, check_device, cuda_available, to_host
 from nnkern.training import state as st
 from nnkern.training.history import History
 from nnkern.training.progress import make_progress
+from nnkern.training.transfer import BatchTransfer
 
 CHECKPOINT_FORMAT = "nnkern-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -125,6 +126,7 @@ class Trainer:
         self._ordered = sorted(self.callbacks, key=lambda c: getattr(c, "order", 0))
 
         self.device = check_device(device)
+        self._transfer = BatchTransfer(self.device)
         if self.device != CPU and not cuda_available():
             raise RuntimeError(f"fit: device={device!r} but no CUDA device is available "
                                "(nnkern.cuda_available() is False); use device='cpu'")
@@ -176,7 +178,7 @@ class Trainer:
     # -- device seam -------------------------------------------------------------------------------
     def _to_device(self, batch):
         """Copy one host batch to the training device (the only host→device copy per step)."""
-        return batch if self.device == CPU else to_device(batch, self.device)
+        return self._transfer(batch)
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self, resume=None):
@@ -450,14 +452,14 @@ def _evaluate(model, loss, x, y, index, batch_size, dtype, device):
     n = len(x) if index is None else len(index)
     labels = _is_labels(y)
     total, correct, counted = 0.0, 0, labels
+    transfer = BatchTransfer(device)
     was_training = bool(getattr(model, "training", False))
     model.train(False)
     try:
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
             idx = slice(lo, hi) if index is None else index[lo:hi]
-            xb, yb, yb_host = _gather(x, y, idx, dtype,
-                                      lambda a: a if device == CPU else to_device(a, device))
+            xb, yb, yb_host = _gather(x, y, idx, dtype, transfer)
             pred = model.forward(xb, training=False)
             if loss is not None:
                 total += float(loss.forward(pred, yb)) * (hi - lo)
