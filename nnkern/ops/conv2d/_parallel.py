@@ -1,0 +1,88 @@
+"""Run a conv's independent tasks on a few Python threads, with BLAS single-threaded.
+
+The Winograd path (winograd.py) splits each phase into tasks that run whole serial kernels: a
+Numba transform of a range of images (compiled ``nogil``) or a batch of BLAS GEMMs through
+``np.matmul`` (which releases the GIL). Threads run the tasks side by side, so the only
+parallelism is across tasks: BLAS runs single-threaded meanwhile (NUMBA_NOTES §1.2: one level
+of parallelism at a time; small GEMMs parallelise badly inside BLAS, and OpenBLAS threads
+spinning against Numba's cost 2x on 2 cores). The worker count follows
+``numba.get_num_threads()``.
+
+Results never depend on the worker count: every task computes its own outputs with the same
+serial code whatever thread runs it, and the split into tasks is fixed by the shapes.
+"""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+
+_lock = threading.Lock()
+_pool = None
+_pool_size = 0
+_blas = None          # threadpoolctl controllers of the BLAS libraries, found once
+_blas_depth = 0       # nesting count of single_threaded_blas (calls from several threads)
+_blas_saved = ()
+
+
+def workers():
+    """How many tasks may run at once: Numba's thread count (NUMBA_NUM_THREADS, set_num_threads)."""
+    return max(1, numba.get_num_threads())
+
+
+def _executor(n):
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None or _pool_size != n:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(n, thread_name_prefix="nnkern-conv")
+            _pool_size = n
+        return _pool
+
+
+def run_tasks(fn, tasks):
+    """fn(*args) for every args tuple in ``tasks``; on the worker threads when there are several."""
+    n = min(workers(), len(tasks))
+    if n <= 1:
+        for args in tasks:
+            fn(*args)
+        return
+    for future in [_executor(workers()).submit(fn, *args) for args in tasks]:
+        future.result()
+
+
+def _blas_controllers():
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+        _blas = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+    return _blas
+
+
+class single_threaded_blas:
+    """Context: every loaded BLAS library runs single-threaded, restored on exit.
+
+    Setting the count costs ~1 µs through the cached controllers (a fresh
+    ``threadpool_limits`` scans the process and costs ~0.5 ms, too much per conv call).
+    """
+
+    def __enter__(self):
+        global _blas_depth, _blas_saved
+        with _lock:
+            if _blas_depth == 0:
+                libs = _blas_controllers()
+                _blas_saved = tuple(lib.get_num_threads() for lib in libs)
+                for lib in libs:
+                    lib.set_num_threads(1)
+            _blas_depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        global _blas_depth
+        with _lock:
+            _blas_depth -= 1
+            if _blas_depth == 0:
+                for lib, n in zip(_blas_controllers(), _blas_saved):
+                    lib.set_num_threads(n)
+        return False

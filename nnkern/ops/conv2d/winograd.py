@@ -1,0 +1,557 @@
+"""Winograd F(m x m, 3 x 3) convolution (m = 4 or 2) for float32, 3x3 kernels, stride 1.
+
+Why: a 3x3 convolution through im2col + GEMM costs 9 multiply-adds per output and channel pair;
+Winograd's minimal filtering algorithm (Lavin & Gray 2016, arXiv 1509.09308) computes an m x m
+output tile from an a x a input tile (a = m + 2) with a*a multiplies: 36 instead of 144 for
+F(4x4, 3x3) (4x fewer), 16 instead of 36 for F(2x2, 3x3). In one dimension,
+
+    y = A^T [ (G g) . (B^T d) ]        g: 3 taps, d: a inputs, y: m outputs,
+
+and in two, Y = A^T [ (G g G^T) . (B^T d B) ] A. Summed over input channels, the a*a products of
+every tile become a*a independent GEMMs over the tiles ("positions" xi = (row, col) of the
+transformed tile):
+
+    forward  M[xi] (P, K) = V[xi] (P, C) @ U[xi]^T (C, K)    V = B^T d B of x,  U = G w G^T
+    dx       the same with dy as input and the filters flipped and transposed: dx is the
+             3x3 stride-1 convolution of dy (padded 2 - pad) with w[k, c, 2 - i, 2 - j]
+    dw       dw_tile = G^T [ (A dy A^T) . (B^T d B) ] G, because y = A^T[(Gg).(B^T d)] holds for
+             every g and d: the coefficient of g_i in y_a is d_{a+i} = sum_xi A[xi,a] G[xi,i]
+             (B^T d)_xi, hence dw_i = sum_a dy_a d_{a+i} = sum_xi G[xi,i] (A dy)_xi (B^T d)_xi.
+             Summed over tiles: W[xi] (K, C) = D[xi]^T (K, P) @ V[xi] (P, C), D = A dy A^T.
+
+P counts tiles (n, th, tw). BLAS runs the GEMMs; Numba runs the transforms.
+
+Layout. The transforms work on runs that are contiguous in the channel dimension, so that every
+inner loop is a long, unit-stride loop that LLVM vectorises: V is (a*a, P, C), M is (a*a, P, K).
+Each image is first transposed into a zero-padded channel-last "slab" whose columns are split by
+their residue mod m, slab[h, r, q, c] = x~[h, m*q + r, c] (x~: x zero-padded). The column that
+tile tw needs at offset j is then the run slab[h, j % m, tw + j // m, :] over (tw, c), so one
+transform step covers a whole row of tiles in one loop. Outputs come back the same way and are
+transposed into NCHW, with the bias fused.
+
+Every transform helper below writes one output run per loop, reading runs of one source array:
+LLVM then vectorises it with a single runtime aliasing check (loops writing several arrays at
+unknown distances stay scalar).
+
+Accuracy: the transforms' coefficients (up to 8 in A, 1/24 in G) amplify float32 rounding;
+F(4x4) errors are ~5-10x those of a direct float32 sum (see tests). float64 never comes here.
+
+Work split (see _parallel.py): transforms run per range of images, GEMMs per range of xi, each
+phase on the worker threads with BLAS single-threaded; the batch is processed in super-chunks
+whose transformed arrays stay near CHUNK_BYTES.
+"""
+
+import threading
+
+import numpy as np
+
+from nnkern._jit import cpu_inline, cpu_serial
+from nnkern.ops.conv2d._parallel import run_tasks, single_threaded_blas, workers
+
+#: Target size of one super-chunk's transformed input (or output) array, a*a*P*C floats.
+CHUNK_BYTES = 8 << 20
+
+# ----------------------------------------------------------------------- transform matrices
+# F(4x4, 3x3), interpolation points 0, 1, -1, 2, -2, inf (Lavin & Gray, eq. 15-17).
+BT4 = np.array([[4, 0, -5, 0, 1, 0],
+                [0, -4, -4, 1, 1, 0],
+                [0, 4, -4, -1, 1, 0],
+                [0, -2, -1, 2, 1, 0],
+                [0, 2, -1, -2, 1, 0],
+                [0, 4, 0, -5, 0, 1]], np.float64)
+G4 = np.array([[1 / 4, 0, 0],
+               [-1 / 6, -1 / 6, -1 / 6],
+               [-1 / 6, 1 / 6, -1 / 6],
+               [1 / 24, 1 / 12, 1 / 6],
+               [1 / 24, -1 / 12, 1 / 6],
+               [0, 0, 1]], np.float64)
+AT4 = np.array([[1, 1, 1, 1, 1, 0],
+                [0, 1, -1, 2, -2, 0],
+                [0, 1, 1, 4, 4, 0],
+                [0, 1, -1, 8, -8, 1]], np.float64)
+# F(2x2, 3x3), points 0, 1, -1, inf.
+BT2 = np.array([[1, 0, -1, 0],
+                [0, 1, 1, 0],
+                [0, -1, 1, 0],
+                [0, 1, 0, -1]], np.float64)
+G2 = np.array([[1, 0, 0],
+               [1 / 2, 1 / 2, 1 / 2],
+               [1 / 2, -1 / 2, 1 / 2],
+               [0, 0, 1]], np.float64)
+AT2 = np.array([[1, 1, 1, 0],
+                [0, 1, -1, -1]], np.float64)
+
+MATRICES = {4: (BT4, G4, AT4), 2: (BT2, G2, AT2)}
+
+
+def applicable(g, dtype):
+    """Whether conv2d with geometry ``g`` runs here: float32, 3x3, stride 1, dilation 1,
+    padding <= 2 on every side (dx is then a conv of dy with padding 2 - pad >= 0), and enough
+    channels on both sides for the GEMMs to be worth it (the first layer, C = 1 or 3, is not)."""
+    return (np.dtype(dtype) == np.float32 and g.KH == g.KW == 3 and g.sh == g.sw == 1
+            and g.dh == g.dw == 1 and max(g.pt, g.pb, g.pl, g.pr) <= 2
+            and g.C >= MIN_CHANNELS and g.K >= MIN_CHANNELS)
+
+
+#: Fewer input or output channels than this: im2col (the GEMMs would be too thin to pay for
+#: the transforms).
+MIN_CHANNELS = 16
+
+
+def tile_size(OH, OW):
+    """m: F(4x4) (4x fewer multiplies) unless the output is smaller than 4 pixels on a side,
+    where a 6x6 tile would mostly multiply padding; F(2x2) there."""
+    return 4 if min(OH, OW) >= 4 else 2
+
+
+# ----------------------------------------------------------------------- 1-D transforms
+# Each helper applies one 1-D transform to n-long runs: source runs start at s[i_j], outputs at
+# d[o_xi]; one loop per output run (see the module docstring), over 1-D views indexed by the
+# loop counter alone. (Indexing s[i + t] directly made LLVM emit gathers, 10x slower: it cannot
+# prove i + t >= 0 and keeps Numba's negative-index wraparound per element.)
+
+
+@cpu_inline
+def _bt4(s, i0, i1, i2, i3, i4, i5, d, o0, o1, o2, o3, o4, o5, n):
+    # d_xi = sum_j BT4[xi, j] s_j
+    f = d.dtype.type
+    c2, c4, c5 = f(2), f(4), f(5)
+    s0, s1, s2 = s[i0:i0 + n], s[i1:i1 + n], s[i2:i2 + n]
+    s3, s4, s5 = s[i3:i3 + n], s[i4:i4 + n], s[i5:i5 + n]
+    d0 = d[o0:o0 + n]
+    for t in range(n):
+        d0[t] = c4 * s0[t] - c5 * s2[t] + s4[t]
+    d1 = d[o1:o1 + n]
+    for t in range(n):
+        d1[t] = s3[t] + s4[t] - c4 * (s1[t] + s2[t])
+    d2 = d[o2:o2 + n]
+    for t in range(n):
+        d2[t] = s4[t] - s3[t] + c4 * (s1[t] - s2[t])
+    d3 = d[o3:o3 + n]
+    for t in range(n):
+        d3[t] = s4[t] - s2[t] + c2 * (s3[t] - s1[t])
+    d4 = d[o4:o4 + n]
+    for t in range(n):
+        d4[t] = s4[t] - s2[t] + c2 * (s1[t] - s3[t])
+    d5 = d[o5:o5 + n]
+    for t in range(n):
+        d5[t] = c4 * s1[t] - c5 * s3[t] + s5[t]
+
+
+@cpu_inline
+def _at4(s, i0, i1, i2, i3, i4, i5, d, o0, o1, o2, o3, n):
+    # d_a = sum_xi AT4[a, xi] s_xi
+    f = d.dtype.type
+    c2, c4, c8 = f(2), f(4), f(8)
+    s0, s1, s2 = s[i0:i0 + n], s[i1:i1 + n], s[i2:i2 + n]
+    s3, s4, s5 = s[i3:i3 + n], s[i4:i4 + n], s[i5:i5 + n]
+    d0 = d[o0:o0 + n]
+    for t in range(n):
+        d0[t] = s0[t] + s1[t] + s2[t] + s3[t] + s4[t]
+    d1 = d[o1:o1 + n]
+    for t in range(n):
+        d1[t] = s1[t] - s2[t] + c2 * (s3[t] - s4[t])
+    d2 = d[o2:o2 + n]
+    for t in range(n):
+        d2[t] = s1[t] + s2[t] + c4 * (s3[t] + s4[t])
+    d3 = d[o3:o3 + n]
+    for t in range(n):
+        d3[t] = s1[t] - s2[t] + c8 * (s3[t] - s4[t]) + s5[t]
+
+
+@cpu_inline
+def _a4(s, i0, i1, i2, i3, d, o0, o1, o2, o3, o4, o5, n):
+    # d_xi = sum_a AT4[a, xi] s_a  (A = AT4^T: an output tile's gradient into the 6x6 domain)
+    f = d.dtype.type
+    c2, c4, c8 = f(2), f(4), f(8)
+    s0, s1, s2, s3 = s[i0:i0 + n], s[i1:i1 + n], s[i2:i2 + n], s[i3:i3 + n]
+    d0 = d[o0:o0 + n]
+    for t in range(n):
+        d0[t] = s0[t]
+    d1 = d[o1:o1 + n]
+    for t in range(n):
+        d1[t] = s0[t] + s1[t] + s2[t] + s3[t]
+    d2 = d[o2:o2 + n]
+    for t in range(n):
+        d2[t] = s0[t] - s1[t] + s2[t] - s3[t]
+    d3 = d[o3:o3 + n]
+    for t in range(n):
+        d3[t] = s0[t] + c2 * s1[t] + c4 * s2[t] + c8 * s3[t]
+    d4 = d[o4:o4 + n]
+    for t in range(n):
+        d4[t] = s0[t] - c2 * s1[t] + c4 * s2[t] - c8 * s3[t]
+    d5 = d[o5:o5 + n]
+    for t in range(n):
+        d5[t] = s3[t]
+
+
+@cpu_inline
+def _bt2(s, i0, i1, i2, i3, d, o0, o1, o2, o3, n):
+    # d_xi = sum_j BT2[xi, j] s_j
+    s0, s1, s2, s3 = s[i0:i0 + n], s[i1:i1 + n], s[i2:i2 + n], s[i3:i3 + n]
+    d0 = d[o0:o0 + n]
+    for t in range(n):
+        d0[t] = s0[t] - s2[t]
+    d1 = d[o1:o1 + n]
+    for t in range(n):
+        d1[t] = s1[t] + s2[t]
+    d2 = d[o2:o2 + n]
+    for t in range(n):
+        d2[t] = s2[t] - s1[t]
+    d3 = d[o3:o3 + n]
+    for t in range(n):
+        d3[t] = s1[t] - s3[t]
+
+
+@cpu_inline
+def _at2(s, i0, i1, i2, i3, d, o0, o1, n):
+    # d_a = sum_xi AT2[a, xi] s_xi
+    s0, s1, s2, s3 = s[i0:i0 + n], s[i1:i1 + n], s[i2:i2 + n], s[i3:i3 + n]
+    d0 = d[o0:o0 + n]
+    for t in range(n):
+        d0[t] = s0[t] + s1[t] + s2[t]
+    d1 = d[o1:o1 + n]
+    for t in range(n):
+        d1[t] = s1[t] - s2[t] - s3[t]
+
+
+@cpu_inline
+def _a2(s, i0, i1, d, o0, o1, o2, o3, n):
+    # d_xi = sum_a AT2[a, xi] s_a
+    s0, s1 = s[i0:i0 + n], s[i1:i1 + n]
+    d0 = d[o0:o0 + n]
+    for t in range(n):
+        d0[t] = s0[t]
+    d1 = d[o1:o1 + n]
+    for t in range(n):
+        d1[t] = s0[t] + s1[t]
+    d2 = d[o2:o2 + n]
+    for t in range(n):
+        d2[t] = s0[t] - s1[t]
+    d3 = d[o3:o3 + n]
+    for t in range(n):
+        d3[t] = -s1[t]
+
+
+# ----------------------------------------------------------------------- layout helpers
+
+
+@cpu_inline
+def _to_slab(x, n, pt, pl, m, Q, slab):
+    # x[n]: (C, H, W) -> slab: (Hs, m, Q, C) flat, slab[h + pt, r, q, c] = x[n, c, h, w] where
+    # w + pl = m*q + r (m = 2 or 4: mask and shift, not division). Entries no pixel maps to keep
+    # their value (zero: set at allocation).
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    row = m * Q * C
+    shift = m >> 1
+    for h in range(H):
+        base = (h + pt) * row
+        for w in range(W):
+            wp = w + pl
+            dst = slab[base + ((wp & (m - 1)) * Q + (wp >> shift)) * C:]
+            for c in range(C):
+                dst[c] = x[n, c, h, w]
+
+
+@cpu_inline
+def _from_rows(o, m, Tw, K, th, bias, y, n):
+    # o: (m, m, Tw, K) flat output rows of tile row th, o[a, r, tw, k] = out[m*th + a, m*tw + r, k]
+    # -> y[n, k, m*th + a, :] + bias[k] (rows and columns past the output are dropped)
+    OH, OW = y.shape[2], y.shape[3]
+    rows = min(m, OH - m * th)
+    shift = m >> 1
+    for k in range(K):
+        bk = bias[k]
+        for a in range(rows):
+            yr = y[n, k, m * th + a]
+            for w in range(OW):
+                yr[w] = o[((a * m + (w & (m - 1))) * Tw + (w >> shift)) * K + k] + bk
+
+
+# ----------------------------------------------------------------------- kernels
+
+
+@cpu_serial
+def _input_transform4(x, n0, nb, pt, pl, Th, Tw, V, p0, P):
+    # x: (N, C, H, W) -> V: (36, P, C) flat; tile p0 + (b*Th + th)*Tw + tw of image n0 + b:
+    # V[xi*6 + nu, p, c] = (B^T d B)[xi, nu], d = x~[n0+b, c, 4th : 4th+6, 4tw : 4tw+6]
+    C = x.shape[1]
+    Q = Tw + 1                       # residue-split columns: 4Q >= 4Tw + 2 padded columns
+    row = 4 * Q * C                  # one slab row (4, Q, C)
+    slab = np.zeros((4 * Th + 2) * row, x.dtype)
+    tmp = np.empty(6 * row, x.dtype)
+    run = Tw * C
+    QC = Q * C
+    for b in range(nb):
+        _to_slab(x, n0 + b, pt, pl, 4, Q, slab)
+        for th in range(Th):
+            s = 4 * th * row         # rows 4th .. 4th+5: B^T along H, whole rows at once
+            _bt4(slab, s, s + row, s + 2 * row, s + 3 * row, s + 4 * row, s + 5 * row,
+                 tmp, 0, row, 2 * row, 3 * row, 4 * row, 5 * row, row)
+            p = p0 + (b * Th + th) * Tw
+            for xi in range(6):      # B along W: column j of tile tw is tmp[xi, j%4, tw + j//4]
+                t = xi * row
+                o = (6 * xi * P + p) * C
+                _bt4(tmp, t, t + QC, t + 2 * QC, t + 3 * QC, t + C, t + QC + C,
+                     V, o, o + P * C, o + 2 * P * C, o + 3 * P * C, o + 4 * P * C,
+                     o + 5 * P * C, run)
+
+
+@cpu_serial
+def _input_transform2(x, n0, nb, pt, pl, Th, Tw, V, p0, P):
+    # x: (N, C, H, W) -> V: (16, P, C) flat, as _input_transform4 with F(2x2): 4x4 tiles at 2th
+    C = x.shape[1]
+    Q = Tw + 1                       # 2Q >= 2Tw + 2
+    row = 2 * Q * C
+    slab = np.zeros((2 * Th + 2) * row, x.dtype)
+    tmp = np.empty(4 * row, x.dtype)
+    run = Tw * C
+    QC = Q * C
+    for b in range(nb):
+        _to_slab(x, n0 + b, pt, pl, 2, Q, slab)
+        for th in range(Th):
+            s = 2 * th * row
+            _bt2(slab, s, s + row, s + 2 * row, s + 3 * row, tmp, 0, row, 2 * row, 3 * row, row)
+            p = p0 + (b * Th + th) * Tw
+            for xi in range(4):      # column j of tile tw is tmp[xi, j%2, tw + j//2]
+                t = xi * row
+                o = (4 * xi * P + p) * C
+                _bt2(tmp, t, t + QC, t + C, t + QC + C,
+                     V, o, o + P * C, o + 2 * P * C, o + 3 * P * C, run)
+
+
+@cpu_serial
+def _output_transform4(M, p0, P, bias, n0, nb, Th, Tw, y):
+    # M: (36, P, K) flat -> y: (N, K, OH, OW), y[n0+b, k, 4th + a, 4tw + r] = bias[k] +
+    # (A^T M[:, p, k] A)[a, r] with p = p0 + (b*Th + th)*Tw + tw
+    K = y.shape[1]
+    run = Tw * K
+    z = np.empty(24 * run, y.dtype)  # z[a, nu]: A^T along the first axis
+    o = np.empty(16 * run, y.dtype)  # o[a, r]: then along the second
+    step = 6 * P * K
+    for b in range(nb):
+        for th in range(Th):
+            p = p0 + (b * Th + th) * Tw
+            for nu in range(6):
+                s = (nu * P + p) * K
+                _at4(M, s, s + step, s + 2 * step, s + 3 * step, s + 4 * step, s + 5 * step,
+                     z, nu * run, (6 + nu) * run, (12 + nu) * run, (18 + nu) * run, run)
+            for a in range(4):
+                s = 6 * a * run
+                _at4(z, s, s + run, s + 2 * run, s + 3 * run, s + 4 * run, s + 5 * run,
+                     o, 4 * a * run, (4 * a + 1) * run, (4 * a + 2) * run, (4 * a + 3) * run,
+                     run)
+            _from_rows(o, 4, Tw, K, th, bias, y, n0 + b)
+
+
+@cpu_serial
+def _output_transform2(M, p0, P, bias, n0, nb, Th, Tw, y):
+    # M: (16, P, K) flat -> y: (N, K, OH, OW), as _output_transform4 with F(2x2)
+    K = y.shape[1]
+    run = Tw * K
+    z = np.empty(8 * run, y.dtype)
+    o = np.empty(4 * run, y.dtype)
+    step = 4 * P * K
+    for b in range(nb):
+        for th in range(Th):
+            p = p0 + (b * Th + th) * Tw
+            for nu in range(4):
+                s = (nu * P + p) * K
+                _at2(M, s, s + step, s + 2 * step, s + 3 * step,
+                     z, nu * run, (4 + nu) * run, run)
+            for a in range(2):
+                s = 4 * a * run
+                _at2(z, s, s + run, s + 2 * run, s + 3 * run,
+                     o, 2 * a * run, (2 * a + 1) * run, run)
+            _from_rows(o, 2, Tw, K, th, bias, y, n0 + b)
+
+
+@cpu_serial
+def _grad_transform4(dy, n0, nb, Th, Tw, D, p0, P):
+    # dy: (N, K, OH, OW) -> D: (36, P, K) flat, D[xi*6 + nu, p, k] = (A g A^T)[xi, nu] with
+    # g = dy[n0+b, k, 4th : 4th+4, 4tw : 4tw+4] (zero past the output)
+    K = dy.shape[1]
+    row = 4 * Tw * K
+    slab = np.zeros(4 * Th * row, dy.dtype)
+    tmp = np.empty(6 * row, dy.dtype)
+    run = Tw * K
+    for b in range(nb):
+        _to_slab(dy, n0 + b, 0, 0, 4, Tw, slab)
+        for th in range(Th):
+            s = 4 * th * row
+            _a4(slab, s, s + row, s + 2 * row, s + 3 * row,
+                tmp, 0, row, 2 * row, 3 * row, 4 * row, 5 * row, row)
+            p = p0 + (b * Th + th) * Tw
+            for xi in range(6):
+                t = xi * row
+                o = (6 * xi * P + p) * K
+                _a4(tmp, t, t + run, t + 2 * run, t + 3 * run,
+                    D, o, o + P * K, o + 2 * P * K, o + 3 * P * K, o + 4 * P * K, o + 5 * P * K,
+                    run)
+
+
+@cpu_serial
+def _grad_transform2(dy, n0, nb, Th, Tw, D, p0, P):
+    # dy: (N, K, OH, OW) -> D: (16, P, K) flat, as _grad_transform4 with F(2x2)
+    K = dy.shape[1]
+    row = 2 * Tw * K
+    slab = np.zeros(2 * Th * row, dy.dtype)
+    tmp = np.empty(4 * row, dy.dtype)
+    run = Tw * K
+    for b in range(nb):
+        _to_slab(dy, n0 + b, 0, 0, 2, Tw, slab)
+        for th in range(Th):
+            s = 2 * th * row
+            _a2(slab, s, s + row, tmp, 0, row, 2 * row, 3 * row, row)
+            p = p0 + (b * Th + th) * Tw
+            for xi in range(4):
+                t = xi * row
+                o = (4 * xi * P + p) * K
+                _a2(tmp, t, t + run, D, o, o + P * K, o + 2 * P * K, o + 3 * P * K, run)
+
+
+INPUT = {4: _input_transform4, 2: _input_transform2}
+OUTPUT = {4: _output_transform4, 2: _output_transform2}
+GRAD = {4: _grad_transform4, 2: _grad_transform2}
+
+
+# ----------------------------------------------------------------------- filters (NumPy/BLAS)
+
+
+def filter_transform(w, m, flip=False):
+    """U (a*a, K, C) = G w[k, c] G^T for every (k, c); with ``flip`` the taps are reversed
+    (w[k, c, 2 - i, 2 - j]: the filters of dx's convolution, channels still in (K, C) order).
+    One GEMM: (a*a, 9) @ (9, K*C), with (G kron G)[xi*a + nu, i*3 + j] = G[xi, i] G[nu, j]."""
+    K, C = w.shape[:2]
+    G = MATRICES[m][1]
+    GG = np.kron(G, G)
+    if flip:
+        GG = GG[:, ::-1]
+    a2 = GG.shape[0]
+    U = np.empty((a2, K, C), w.dtype)
+    np.matmul(GG.astype(w.dtype), w.reshape(K * C, 9).T, out=U.reshape(a2, K * C))
+    return U
+
+
+def filter_gradient(W, m, dw):
+    """dw[k, c] = G^T W[:, k, c] G for W (a*a, K, C): one GEMM (K*C, a*a) @ (a*a, 9) into dw."""
+    a2, K, C = W.shape
+    G = MATRICES[m][1]
+    np.matmul(W.reshape(a2, K * C).T, np.kron(G, G).astype(W.dtype), out=dw.reshape(K * C, 9))
+    return dw
+
+
+# ----------------------------------------------------------------------- pipeline
+
+
+_workspace = threading.local()
+
+
+def _scratch(slot, shape, dtype):
+    """A reusable work array (per calling thread, grown on demand). Fresh multi-MiB arrays come
+    from mmap and page-fault on first touch: ~10 ms per forward at 64x64x32x32."""
+    size = int(np.prod(shape))
+    buf = getattr(_workspace, slot, None)
+    if buf is None or buf.dtype != dtype or buf.size < size:
+        buf = np.empty(size, dtype)
+        setattr(_workspace, slot, buf)
+    return buf[:size].reshape(shape)
+
+
+def _ranges(n, parts):
+    """Split range(n) into ``parts`` contiguous (start, stop) pieces (fewer if n is small)."""
+    parts = max(1, min(parts, n))
+    cuts = [n * i // parts for i in range(parts + 1)]
+    return [(cuts[i], cuts[i + 1]) for i in range(parts)]
+
+
+def _geometry(OH, OW):
+    m = tile_size(OH, OW)
+    return m, (m + 2) ** 2, -(-OH // m), -(-OW // m)
+
+
+def _chunks(N, tiles, a2, channels, itemsize):
+    """Super-chunks of images whose transformed arrays (a*a, tiles*B, channels) stay near
+    CHUNK_BYTES (fixed by the shapes alone, never by the thread count)."""
+    per_image = a2 * tiles * channels * itemsize
+    B = max(1, min(N, CHUNK_BYTES // per_image))
+    return [(n0, min(N, n0 + B)) for n0 in range(0, N, B)]
+
+
+def _image_tasks(nb):
+    """Image ranges of one super-chunk for the transform phase: a few per worker, so that a
+    slow thread (a busy core) does not hold the others up."""
+    return _ranges(nb, 4 * workers())
+
+
+def _gemm_tasks(a2):
+    return _ranges(a2, workers())
+
+
+def _gemm_forward(V, Ut, M, s0, s1):
+    # M[xi] (P, K) = V[xi] (P, C) @ Ut[xi] (C, K) for xi in [s0, s1)
+    np.matmul(V[s0:s1], Ut[s0:s1], out=M[s0:s1])
+
+
+def _gemm_dw(D, V, W, first, s0, s1):
+    # W[xi] (K, C) (+)= D[xi]^T (K, P) @ V[xi] (P, C) for xi in [s0, s1); chunks add in order
+    if first:
+        np.matmul(D[s0:s1].transpose(0, 2, 1), V[s0:s1], out=W[s0:s1])
+    else:
+        W[s0:s1] += np.matmul(D[s0:s1].transpose(0, 2, 1), V[s0:s1])
+
+
+def _conv(x, Ut, bias, pt, pl, out):
+    """out (N, K, OH, OW) = Winograd conv of x (N, C, H, W) with transformed filters Ut
+    (a*a, C, K) (input padding pt, pl; the output size is out's) + bias."""
+    N, C = x.shape[:2]
+    K, OH, OW = out.shape[1:]
+    m, a2, Th, Tw = _geometry(OH, OW)
+    T = Th * Tw
+    with single_threaded_blas():
+        for c0, c1 in _chunks(N, T, a2, max(C, K), x.itemsize):
+            P = (c1 - c0) * T
+            V = _scratch("V", (a2, P, C), x.dtype)
+            M = _scratch("M", (a2, P, K), x.dtype)
+            images = _image_tasks(c1 - c0)
+            run_tasks(INPUT[m], [(x, c0 + i0, i1 - i0, pt, pl, Th, Tw, V.reshape(-1), i0 * T, P)
+                                 for i0, i1 in images])
+            run_tasks(_gemm_forward, [(V, Ut, M, s0, s1) for s0, s1 in _gemm_tasks(a2)])
+            run_tasks(OUTPUT[m], [(M.reshape(-1), i0 * T, P, bias, c0 + i0, i1 - i0, Th, Tw, out)
+                                  for i0, i1 in images])
+    return out
+
+
+def forward(x, w, b, g, out):
+    """y = conv2d(x, w) + b for geometry g (see applicable()), into out."""
+    m = tile_size(g.OH, g.OW)
+    bias = b if b is not None else np.zeros(g.K, x.dtype)
+    Ut = filter_transform(w, m).transpose(0, 2, 1)              # (a*a, C, K)
+    return _conv(x, Ut, bias, g.pt, g.pl, out)
+
+
+def backward_dx(dy, w, g, dx):
+    """dx = the 3x3 stride-1 conv of dy (padded 2 - pad) with w flipped and transposed."""
+    m = tile_size(g.H, g.W)
+    Ut = filter_transform(w, m, flip=True)                      # (a*a, K, C): K in, C out
+    return _conv(dy, Ut, np.zeros(g.C, dy.dtype), 2 - g.pt, 2 - g.pl, dx)
+
+
+def backward_dw(dy, x, g, dw):
+    """dw = sum over tiles of G^T [(A dy A^T) . (B^T x~ B)] G, into dw (K, C, 3, 3)."""
+    N, C, K = g.N, g.C, g.K
+    m, a2, Th, Tw = _geometry(g.OH, g.OW)
+    T = Th * Tw
+    W = np.empty((a2, K, C), x.dtype)
+    with single_threaded_blas():
+        for c0, c1 in _chunks(N, T, a2, max(C, K), x.itemsize):
+            P = (c1 - c0) * T
+            V = _scratch("V", (a2, P, C), x.dtype)
+            D = _scratch("M", (a2, P, K), x.dtype)
+            images = _image_tasks(c1 - c0)
+            run_tasks(INPUT[m], [(x, c0 + i0, i1 - i0, g.pt, g.pl, Th, Tw, V.reshape(-1), i0 * T,
+                                  P) for i0, i1 in images])
+            run_tasks(GRAD[m], [(dy, c0 + i0, i1 - i0, Th, Tw, D.reshape(-1), i0 * T, P)
+                                for i0, i1 in images])
+            run_tasks(_gemm_dw, [(D, V, W, c0 == 0, s0, s1) for s0, s1 in _gemm_tasks(a2)])
+    return filter_gradient(W, m, dw)
