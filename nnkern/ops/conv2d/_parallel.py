@@ -16,6 +16,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
+import numpy as np
 
 _lock = threading.Lock()
 _pool = None
@@ -23,6 +24,24 @@ _pool_size = 0
 _blas = None          # threadpoolctl controllers of the BLAS libraries, found once
 _blas_depth = 0       # nesting count of single_threaded_blas (calls from several threads)
 _blas_saved = ()
+
+
+_workspace = threading.local()
+
+
+def scratch(slot, shape, dtype):
+    """A reusable work array for the calling thread (grown on demand, never shrunk).
+
+    Fresh multi-MiB arrays come from mmap and page-fault on first touch (~10 ms per Winograd
+    forward at 64x64x32x32): buffers that live across calls avoid that. Each thread has its
+    own, so concurrent convs (or worker tasks) never share one.
+    """
+    size = int(np.prod(shape))
+    buf = getattr(_workspace, slot, None)
+    if buf is None or buf.dtype != dtype or buf.size < size:
+        buf = np.empty(size, dtype)
+        setattr(_workspace, slot, buf)
+    return buf[:size].reshape(shape)
 
 
 def workers():

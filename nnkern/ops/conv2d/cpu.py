@@ -30,7 +30,9 @@ from numba import prange
 
 from nnkern._jit import cpu_inline, cpu_kernel
 from nnkern.ops._reduce import channel_sums
+from nnkern.ops.conv2d import winograd
 from nnkern.ops.conv2d._geometry import conv_geometry
+from nnkern.ops.conv2d._parallel import run_tasks, scratch, single_threaded_blas
 
 #: Target size of the im2col column buffer of one batch chunk (at least one image per chunk).
 COL_BUFFER_BYTES = 32 << 20
@@ -167,11 +169,87 @@ def _buffers(g, dtype, batch):
             np.empty(g.K * batch * L, dtype) if batch > 1 else None)
 
 
+# ------------------------------------------------------------ float32: per-image GEMMs on tasks
+# float32 convs that Winograd does not take (the first layer, C = 1 or 3; strides, dilations,
+# other kernel sizes) run as tasks over fixed ranges of images (see _parallel.py): each task
+# unpacks its images with the serial im2col kernel into a per-thread buffer small enough to
+# stay in L2, and multiplies image by image straight into the NCHW output,
+#     y[n] (K, L) = [w | b] (K, CKK + 1) @ [cols_n ; 1] (CKK + 1, L)   (bias as a ones row),
+# so there is no (K, B, L) -> (N, K, L) unpacking pass and no packing of dy. Backward per task:
+#     dw.T partial (CKK, K) = sum over its images of cols_n @ dy[n].T, tasks summed in order,
+#     dcols_n = w.T @ dy[n] into the column buffer, then the serial gather-form col2im.
+
+#: Target size of one task's column buffer: a few images, L2-resident.
+TASK_COL_BYTES = 1 << 20
+
+
+def task_images(g, itemsize):
+    """Fixed image ranges of the per-image tasks (by shape only: thread-count independent)."""
+    per_image = (g.C * g.KH * g.KW + 1) * g.OH * g.OW * itemsize
+    B = max(1, min(g.N, TASK_COL_BYTES // per_image))
+    return [(n0, min(g.N, n0 + B)) for n0 in range(0, g.N, B)]
+
+
+def _columns(x, g, n0, n1, extra):
+    # im2col of images n0..n1-1 into this thread's buffer: (CKK + extra, nb, L)
+    ckk, nb, L = g.C * g.KH * g.KW, n1 - n0, g.OH * g.OW
+    cols = scratch("cols", (ckk + extra, nb, L), x.dtype)
+    _im2col_kernel.serial(x, n0, cols[:ckk].reshape(ckk, nb, g.OH, g.OW), g.KH, g.KW, g.sh,
+                          g.sw, g.pt, g.pl, g.dh, g.dw)
+    return cols
+
+
+def _forward_task(x, wb, y, g, n0, n1):
+    # y[n0:n1] (nb, K, L) = wb (K, CKK + 1) @ [cols; 1] per image
+    cols = _columns(x, g, n0, n1, 1)
+    cols[-1] = 1
+    np.matmul(wb, cols.transpose(1, 0, 2), out=y[n0:n1])
+
+
+def _backward_task(dy, x, wm, g, need_dx, dx, parts, t, n0, n1):
+    # parts[t] (CKK, K) = sum_n cols_n @ dy[n].T; dx[n0:n1] by col2im of w.T @ dy[n]
+    cols = _columns(x, g, n0, n1, 0)
+    ct = cols.transpose(1, 0, 2)                               # (nb, CKK, L)
+    np.sum(np.matmul(ct, dy[n0:n1].transpose(0, 2, 1)), axis=0, out=parts[t])
+    if need_dx:
+        np.matmul(wm.T, dy[n0:n1], out=ct)                     # dcols, into the same buffer
+        _col2im_kernel.serial(cols.reshape(cols.shape[0], n1 - n0, g.OH, g.OW), n0, dx, g.KH,
+                              g.KW, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
+
+
+def _forward_tasks(x, w, b, g, y):
+    K = g.K
+    wb = np.empty((K, g.C * g.KH * g.KW + 1), x.dtype)
+    wb[:, :-1] = w.reshape(K, -1)
+    wb[:, -1] = 0 if b is None else b
+    yv = y.reshape(g.N, K, g.OH * g.OW)
+    with single_threaded_blas():
+        run_tasks(_forward_task, [(x, wb, yv, g, n0, n1) for n0, n1 in task_images(g, x.itemsize)])
+    return y
+
+
+def _backward_tasks(dy, x, w, g, need_dx, dx, dw):
+    K, L = g.K, g.OH * g.OW
+    wm = w.reshape(K, -1)
+    tasks = task_images(g, x.itemsize)
+    parts = np.empty((len(tasks), wm.shape[1], K), x.dtype)
+    dyv = dy.reshape(g.N, K, L)
+    with single_threaded_blas():
+        run_tasks(_backward_task, [(dyv, x, wm, g, need_dx, dx, parts, t, n0, n1)
+                                   for t, (n0, n1) in enumerate(tasks)])
+    dw.reshape(K, -1)[...] = parts.sum(axis=0).T              # fixed order over tasks
+    return dx, dw
+
+
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, *, out=None):
     g = conv_geometry("conv2d_forward", x.shape, w.shape, stride, padding, dilation)
     N, K, L = g.N, g.K, g.OH * g.OW
     y = np.empty((N, K, g.OH, g.OW), x.dtype) if out is None else out
     yv = y.reshape(N, K, L)
+    if winograd.applicable(g, x.dtype):
+        return winograd.forward(x, w, b, g, y)
+    if x.dtype == np.float32 and not g.pointwise:
+        return _forward_tasks(x, w, b, g, y)
     wm = w.reshape(K, -1)                                   # (K, C*KH*KW)
     if g.pointwise:
         np.matmul(wm, x.reshape(N, g.C, L), out=yv)         # y[n] = w (K, C) @ x[n] (C, HW)
@@ -211,6 +289,16 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, *, has_bias=True,
     if has_bias:
         db = channel_sums(dyv, np.empty(K, x.dtype) if db_out is None else db_out)
     dw = np.empty_like(w) if dw_out is None else dw_out
+    if winograd.applicable(g, x.dtype):
+        winograd.backward_dw(dy, x, g, dw)
+        dx = None
+        if need_dx:
+            dx = winograd.backward_dx(dy, w, g, np.empty_like(x) if dx_out is None else dx_out)
+        return dx, dw, db
+    if x.dtype == np.float32 and not g.pointwise:
+        dx = (np.empty_like(x) if dx_out is None else dx_out) if need_dx else None
+        _backward_tasks(dy, x, w, g, need_dx, dx, dw)
+        return dx, dw, db
     dwm = dw.reshape(K, ckk)
     dx = None
     if need_dx:

@@ -41,12 +41,10 @@ phase on the worker threads with BLAS single-threaded; the batch is processed in
 whose transformed arrays stay near CHUNK_BYTES.
 """
 
-import threading
-
 import numpy as np
 
 from nnkern._jit import cpu_inline, cpu_serial
-from nnkern.ops.conv2d._parallel import run_tasks, single_threaded_blas, workers
+from nnkern.ops.conv2d._parallel import run_tasks, scratch, single_threaded_blas, workers
 
 #: Target size of one super-chunk's transformed input (or output) array, a*a*P*C floats.
 CHUNK_BYTES = 8 << 20
@@ -444,20 +442,6 @@ def filter_gradient(W, m, dw):
 # ----------------------------------------------------------------------- pipeline
 
 
-_workspace = threading.local()
-
-
-def _scratch(slot, shape, dtype):
-    """A reusable work array (per calling thread, grown on demand). Fresh multi-MiB arrays come
-    from mmap and page-fault on first touch: ~10 ms per forward at 64x64x32x32."""
-    size = int(np.prod(shape))
-    buf = getattr(_workspace, slot, None)
-    if buf is None or buf.dtype != dtype or buf.size < size:
-        buf = np.empty(size, dtype)
-        setattr(_workspace, slot, buf)
-    return buf[:size].reshape(shape)
-
-
 def _ranges(n, parts):
     """Split range(n) into ``parts`` contiguous (start, stop) pieces (fewer if n is small)."""
     parts = max(1, min(parts, n))
@@ -511,8 +495,8 @@ def _conv(x, Ut, bias, pt, pl, out):
     with single_threaded_blas():
         for c0, c1 in _chunks(N, T, a2, max(C, K), x.itemsize):
             P = (c1 - c0) * T
-            V = _scratch("V", (a2, P, C), x.dtype)
-            M = _scratch("M", (a2, P, K), x.dtype)
+            V = scratch("V", (a2, P, C), x.dtype)
+            M = scratch("M", (a2, P, K), x.dtype)
             images = _image_tasks(c1 - c0)
             run_tasks(INPUT[m], [(x, c0 + i0, i1 - i0, pt, pl, Th, Tw, V.reshape(-1), i0 * T, P)
                                  for i0, i1 in images])
@@ -546,8 +530,8 @@ def backward_dw(dy, x, g, dw):
     with single_threaded_blas():
         for c0, c1 in _chunks(N, T, a2, max(C, K), x.itemsize):
             P = (c1 - c0) * T
-            V = _scratch("V", (a2, P, C), x.dtype)
-            D = _scratch("M", (a2, P, K), x.dtype)
+            V = scratch("V", (a2, P, C), x.dtype)
+            D = scratch("M", (a2, P, K), x.dtype)
             images = _image_tasks(c1 - c0)
             run_tasks(INPUT[m], [(x, c0 + i0, i1 - i0, g.pt, g.pl, Th, Tw, V.reshape(-1), i0 * T,
                                   P) for i0, i1 in images])
