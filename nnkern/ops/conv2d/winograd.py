@@ -231,6 +231,85 @@ def _a2(s, i0, i1, d, o0, o1, o2, o3, n):
         d3[t] = -s1[t]
 
 
+@cpu_inline
+def _g4(s, i0, i1, i2, d, o0, o1, o2, o3, o4, o5, n):
+    # d_xi = sum_i G4[xi, i] s_i  (a filter's taps into the 6-point domain)
+    f = d.dtype.type
+    c4, c6, c12, c24 = f(1 / 4), f(1 / 6), f(1 / 12), f(1 / 24)
+    s0, s1, s2 = s[i0:i0 + n], s[i1:i1 + n], s[i2:i2 + n]
+    d0 = d[o0:o0 + n]
+    for t in range(n):
+        d0[t] = c4 * s0[t]
+    d1 = d[o1:o1 + n]
+    for t in range(n):
+        d1[t] = -c6 * (s0[t] + s1[t] + s2[t])
+    d2 = d[o2:o2 + n]
+    for t in range(n):
+        d2[t] = -c6 * (s0[t] - s1[t] + s2[t])
+    d3 = d[o3:o3 + n]
+    for t in range(n):
+        d3[t] = c24 * s0[t] + c12 * s1[t] + c6 * s2[t]
+    d4 = d[o4:o4 + n]
+    for t in range(n):
+        d4[t] = c24 * s0[t] - c12 * s1[t] + c6 * s2[t]
+    d5 = d[o5:o5 + n]
+    for t in range(n):
+        d5[t] = s2[t]
+
+
+@cpu_inline
+def _gt4(s, i0, i1, i2, i3, i4, i5, d, o0, o1, o2, n):
+    # d_i = sum_xi G4[xi, i] s_xi  (the 6-point domain back to the 3 taps: the weight gradient)
+    f = d.dtype.type
+    c4, c6, c12, c24 = f(1 / 4), f(1 / 6), f(1 / 12), f(1 / 24)
+    s0, s1, s2 = s[i0:i0 + n], s[i1:i1 + n], s[i2:i2 + n]
+    s3, s4, s5 = s[i3:i3 + n], s[i4:i4 + n], s[i5:i5 + n]
+    d0 = d[o0:o0 + n]
+    for t in range(n):
+        d0[t] = c4 * s0[t] - c6 * (s1[t] + s2[t]) + c24 * (s3[t] + s4[t])
+    d1 = d[o1:o1 + n]
+    for t in range(n):
+        d1[t] = c6 * (s2[t] - s1[t]) + c12 * (s3[t] - s4[t])
+    d2 = d[o2:o2 + n]
+    for t in range(n):
+        d2[t] = c6 * (s3[t] + s4[t] - s1[t] - s2[t]) + s5[t]
+
+
+@cpu_inline
+def _g2(s, i0, i1, i2, d, o0, o1, o2, o3, n):
+    # d_xi = sum_i G2[xi, i] s_i
+    h = d.dtype.type(0.5)
+    s0, s1, s2 = s[i0:i0 + n], s[i1:i1 + n], s[i2:i2 + n]
+    d0 = d[o0:o0 + n]
+    for t in range(n):
+        d0[t] = s0[t]
+    d1 = d[o1:o1 + n]
+    for t in range(n):
+        d1[t] = h * (s0[t] + s1[t] + s2[t])
+    d2 = d[o2:o2 + n]
+    for t in range(n):
+        d2[t] = h * (s0[t] - s1[t] + s2[t])
+    d3 = d[o3:o3 + n]
+    for t in range(n):
+        d3[t] = s2[t]
+
+
+@cpu_inline
+def _gt2(s, i0, i1, i2, i3, d, o0, o1, o2, n):
+    # d_i = sum_xi G2[xi, i] s_xi
+    h = d.dtype.type(0.5)
+    s0, s1, s2, s3 = s[i0:i0 + n], s[i1:i1 + n], s[i2:i2 + n], s[i3:i3 + n]
+    d0 = d[o0:o0 + n]
+    for t in range(n):
+        d0[t] = s0[t] + h * (s1[t] + s2[t])
+    d1 = d[o1:o1 + n]
+    for t in range(n):
+        d1[t] = h * (s1[t] - s2[t])
+    d2 = d[o2:o2 + n]
+    for t in range(n):
+        d2[t] = h * (s1[t] + s2[t]) + s3[t]
+
+
 # ----------------------------------------------------------------------- layout helpers
 
 
@@ -413,29 +492,133 @@ OUTPUT = {4: _output_transform4, 2: _output_transform2}
 GRAD = {4: _grad_transform4, 2: _grad_transform2}
 
 
-# ----------------------------------------------------------------------- filters (NumPy/BLAS)
+# ----------------------------------------------------------------------- filters
+
+#: Filters transformed per block: the gathered taps and the half-transformed block stay in L1.
+FILTER_BLOCK = 256
+
+
+@cpu_serial
+def _filter_transform4(w, flip, U, k0, k1):
+    # w: (K, C, 3, 3) -> U: (36, K*C) flat, U[xi*6 + nu, kc] = (G w[kc] G^T)[xi, nu] for the
+    # filters kc in [k0, k1); with flip, w[kc] is read rotated by 180 degrees (dx's filters)
+    wf = w.reshape(-1)
+    KC = w.shape[0] * w.shape[1]
+    blk = FILTER_BLOCK
+    taps = np.empty(9 * blk, w.dtype)          # taps[i*3 + j, t] = w[kc0 + t, i, j]
+    half = np.empty(18 * blk, w.dtype)         # half[xi*3 + j, t] = sum_i G[xi, i] taps[i, j]
+    for kc0 in range(k0, k1, blk):
+        n = min(blk, k1 - kc0)
+        for ij in range(9):
+            src = 8 - ij if flip else ij
+            tij = taps[ij * blk:ij * blk + n]
+            for t in range(n):
+                tij[t] = wf[(kc0 + t) * 9 + src]
+        for j in range(3):
+            _g4(taps, j * blk, (3 + j) * blk, (6 + j) * blk,
+                half, j * blk, (3 + j) * blk, (6 + j) * blk, (9 + j) * blk, (12 + j) * blk,
+                (15 + j) * blk, n)
+        for xi in range(6):
+            o = 6 * xi * KC + kc0
+            _g4(half, 3 * xi * blk, (3 * xi + 1) * blk, (3 * xi + 2) * blk,
+                U, o, o + KC, o + 2 * KC, o + 3 * KC, o + 4 * KC, o + 5 * KC, n)
+
+
+@cpu_serial
+def _filter_transform2(w, flip, U, k0, k1):
+    # w: (K, C, 3, 3) -> U: (16, K*C) flat, as _filter_transform4 with F(2x2)
+    wf = w.reshape(-1)
+    KC = w.shape[0] * w.shape[1]
+    blk = FILTER_BLOCK
+    taps = np.empty(9 * blk, w.dtype)
+    half = np.empty(12 * blk, w.dtype)
+    for kc0 in range(k0, k1, blk):
+        n = min(blk, k1 - kc0)
+        for ij in range(9):
+            src = 8 - ij if flip else ij
+            tij = taps[ij * blk:ij * blk + n]
+            for t in range(n):
+                tij[t] = wf[(kc0 + t) * 9 + src]
+        for j in range(3):
+            _g2(taps, j * blk, (3 + j) * blk, (6 + j) * blk,
+                half, j * blk, (3 + j) * blk, (6 + j) * blk, (9 + j) * blk, n)
+        for xi in range(4):
+            o = 4 * xi * KC + kc0
+            _g2(half, 3 * xi * blk, (3 * xi + 1) * blk, (3 * xi + 2) * blk,
+                U, o, o + KC, o + 2 * KC, o + 3 * KC, n)
+
+
+@cpu_serial
+def _filter_gradient4(W, dw, k0, k1):
+    # W: (36, K*C) flat -> dw: (K, C, 3, 3), dw[kc] = G^T W[:, kc] G for kc in [k0, k1)
+    dwf = dw.reshape(-1)
+    KC = dw.shape[0] * dw.shape[1]
+    blk = FILTER_BLOCK
+    half = np.empty(18 * blk, dw.dtype)        # half[xi*3 + j, t] = sum_nu G[nu, j] W[xi, nu]
+    taps = np.empty(9 * blk, dw.dtype)         # taps[i*3 + j, t] = sum_xi G[xi, i] half[xi, j]
+    for kc0 in range(k0, k1, blk):
+        n = min(blk, k1 - kc0)
+        for xi in range(6):
+            s = 6 * xi * KC + kc0
+            _gt4(W, s, s + KC, s + 2 * KC, s + 3 * KC, s + 4 * KC, s + 5 * KC,
+                 half, 3 * xi * blk, (3 * xi + 1) * blk, (3 * xi + 2) * blk, n)
+        for j in range(3):
+            _gt4(half, j * blk, (3 + j) * blk, (6 + j) * blk, (9 + j) * blk, (12 + j) * blk,
+                 (15 + j) * blk, taps, j * blk, (3 + j) * blk, (6 + j) * blk, n)
+        for ij in range(9):
+            tij = taps[ij * blk:ij * blk + n]
+            for t in range(n):
+                dwf[(kc0 + t) * 9 + ij] = tij[t]
+
+
+@cpu_serial
+def _filter_gradient2(W, dw, k0, k1):
+    # W: (16, K*C) flat -> dw: (K, C, 3, 3), as _filter_gradient4 with F(2x2)
+    dwf = dw.reshape(-1)
+    KC = dw.shape[0] * dw.shape[1]
+    blk = FILTER_BLOCK
+    half = np.empty(12 * blk, dw.dtype)
+    taps = np.empty(9 * blk, dw.dtype)
+    for kc0 in range(k0, k1, blk):
+        n = min(blk, k1 - kc0)
+        for xi in range(4):
+            s = 4 * xi * KC + kc0
+            _gt2(W, s, s + KC, s + 2 * KC, s + 3 * KC,
+                 half, 3 * xi * blk, (3 * xi + 1) * blk, (3 * xi + 2) * blk, n)
+        for j in range(3):
+            _gt2(half, j * blk, (3 + j) * blk, (6 + j) * blk, (9 + j) * blk,
+                 taps, j * blk, (3 + j) * blk, (6 + j) * blk, n)
+        for ij in range(9):
+            tij = taps[ij * blk:ij * blk + n]
+            for t in range(n):
+                dwf[(kc0 + t) * 9 + ij] = tij[t]
+
+
+FILTER = {4: _filter_transform4, 2: _filter_transform2}
+FILTER_GRADIENT = {4: _filter_gradient4, 2: _filter_gradient2}
+
+
+def _filter_tasks(KC):
+    # filter ranges for the worker threads, in whole blocks
+    blocks = -(-KC // FILTER_BLOCK)
+    return [(b0 * FILTER_BLOCK, min(KC, b1 * FILTER_BLOCK))
+            for b0, b1 in _ranges(blocks, workers())]
 
 
 def filter_transform(w, m, flip=False):
     """U (a*a, K, C) = G w[k, c] G^T for every (k, c); with ``flip`` the taps are reversed
-    (w[k, c, 2 - i, 2 - j]: the filters of dx's convolution, channels still in (K, C) order).
-    One GEMM: (a*a, 9) @ (9, K*C), with (G kron G)[xi*a + nu, i*3 + j] = G[xi, i] G[nu, j]."""
+    (w[k, c, 2 - i, 2 - j]: the filters of dx's convolution, channels still in (K, C) order)."""
     K, C = w.shape[:2]
-    G = MATRICES[m][1]
-    GG = np.kron(G, G)
-    if flip:
-        GG = GG[:, ::-1]
-    a2 = GG.shape[0]
-    U = np.empty((a2, K, C), w.dtype)
-    np.matmul(GG.astype(w.dtype), w.reshape(K * C, 9).T, out=U.reshape(a2, K * C))
+    U = scratch("U", ((m + 2) ** 2, K, C), w.dtype)           # valid until the next conv call
+    run_tasks(FILTER[m], [(w, flip, U.reshape(-1), k0, k1) for k0, k1 in _filter_tasks(K * C)])
     return U
 
 
 def filter_gradient(W, m, dw):
-    """dw[k, c] = G^T W[:, k, c] G for W (a*a, K, C): one GEMM (K*C, a*a) @ (a*a, 9) into dw."""
-    a2, K, C = W.shape
-    G = MATRICES[m][1]
-    np.matmul(W.reshape(a2, K * C).T, np.kron(G, G).astype(W.dtype), out=dw.reshape(K * C, 9))
+    """dw[k, c] = G^T W[:, k, c] G for W (a*a, K, C), into dw (K, C, 3, 3)."""
+    K, C = dw.shape[:2]
+    run_tasks(FILTER_GRADIENT[m], [(W.reshape(-1), dw, k0, k1)
+                                   for k0, k1 in _filter_tasks(K * C)])
     return dw
 
 
@@ -526,7 +709,7 @@ def backward_dw(dy, x, g, dw):
     N, C, K = g.N, g.C, g.K
     m, a2, Th, Tw = _geometry(g.OH, g.OW)
     T = Th * Tw
-    W = np.empty((a2, K, C), x.dtype)
+    W = scratch("U", (a2, K, C), x.dtype)
     with single_threaded_blas():
         for c0, c1 in _chunks(N, T, a2, max(C, K), x.itemsize):
             P = (c1 - c0) * T
