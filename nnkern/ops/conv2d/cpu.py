@@ -176,7 +176,7 @@ def _buffers(g, dtype, batch):
 # stay in L2, and multiplies image by image straight into the NCHW output,
 #     y[n] (K, L) = [w | b] (K, CKK + 1) @ [cols_n ; 1] (CKK + 1, L)   (bias as a ones row),
 # so there is no (K, B, L) -> (N, K, L) unpacking pass and no packing of dy. Backward per task:
-#     dw.T partial (CKK, K) = sum over its images of cols_n @ dy[n].T, tasks summed in order,
+#     dw partial (K, CKK) = sum over its images of dy[n] @ cols_n.T, tasks summed in order,
 #     dcols_n = w.T @ dy[n] into the column buffer, then the serial gather-form col2im.
 
 #: Target size of one task's column buffer: a few images, L2-resident.
@@ -207,10 +207,10 @@ def _forward_task(x, wb, y, g, n0, n1):
 
 
 def _backward_task(dy, x, wm, g, need_dx, dx, parts, t, n0, n1):
-    # parts[t] (CKK, K) = sum_n cols_n @ dy[n].T; dx[n0:n1] by col2im of w.T @ dy[n]
+    # parts[t] (K, CKK) = sum_n dy[n] @ cols_n.T; dx[n0:n1] by col2im of w.T @ dy[n]
     cols = _columns(x, g, n0, n1, 0)
     ct = cols.transpose(1, 0, 2)                               # (nb, CKK, L)
-    np.sum(np.matmul(ct, dy[n0:n1].transpose(0, 2, 1)), axis=0, out=parts[t])
+    np.sum(np.matmul(dy[n0:n1], cols.transpose(1, 2, 0)), axis=0, out=parts[t])
     if need_dx:
         np.matmul(wm.T, dy[n0:n1], out=ct)                     # dcols, into the same buffer
         _col2im_kernel.serial(cols.reshape(cols.shape[0], n1 - n0, g.OH, g.OW), n0, dx, g.KH,
@@ -232,12 +232,12 @@ def _backward_tasks(dy, x, w, g, need_dx, dx, dw):
     K, L = g.K, g.OH * g.OW
     wm = w.reshape(K, -1)
     tasks = task_images(g, x.itemsize)
-    parts = np.empty((len(tasks), wm.shape[1], K), x.dtype)
+    parts = np.empty((len(tasks), K, wm.shape[1]), x.dtype)
     dyv = dy.reshape(g.N, K, L)
     with single_threaded_blas():
         run_tasks(_backward_task, [(dyv, x, wm, g, need_dx, dx, parts, t, n0, n1)
                                    for t, (n0, n1) in enumerate(tasks)])
-    dw.reshape(K, -1)[...] = parts.sum(axis=0).T              # fixed order over tasks
+    np.sum(parts, axis=0, out=dw.reshape(K, -1))               # fixed order over tasks
     return dx, dw
 
 
