@@ -290,10 +290,8 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, *, has_bias=True,
         db = channel_sums(dyv, np.empty(K, x.dtype) if db_out is None else db_out)
     dw = np.empty_like(w) if dw_out is None else dw_out
     if winograd.applicable(g, x.dtype):
-        winograd.backward_dw(dy, x, g, dw)
-        dx = None
-        if need_dx:
-            dx = winograd.backward_dx(dy, w, g, np.empty_like(x) if dx_out is None else dx_out)
+        dx = (np.empty_like(x) if dx_out is None else dx_out) if need_dx else None
+        winograd.backward(dy, x, w, g, dx, dw)
         return dx, dw, db
     if x.dtype == np.float32 and not g.pointwise:
         dx = (np.empty_like(x) if dx_out is None else dx_out) if need_dx else None

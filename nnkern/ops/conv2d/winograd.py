@@ -346,6 +346,64 @@ def _from_rows(o, m, Tw, K, th, bias, y, n):
 
 
 # ----------------------------------------------------------------------- kernels
+# A slab holds one image, channel-last, zero-padded by (pt, pl), columns split by residue mod m:
+# (m*Th + 2, m, Q, C) with Q = Tw + 1, so m*Q >= m*Tw + 2 padded columns. Row helpers transform
+# one row of tiles (th) of a slab; kernels loop over their images.
+
+
+@cpu_inline
+def _input_rows4(slab, C, Q, th, tmp, V, p, P, Tw):
+    # slab tile row th -> V[xi*6 + nu, p + tw, :] = (B^T d B)[xi, nu], d = slab rows 4th..4th+5,
+    # columns 4tw..4tw+5
+    row, QC, run = 4 * Q * C, Q * C, Tw * C
+    s = 4 * th * row                 # B^T along H: whole slab rows at once
+    _bt4(slab, s, s + row, s + 2 * row, s + 3 * row, s + 4 * row, s + 5 * row,
+         tmp, 0, row, 2 * row, 3 * row, 4 * row, 5 * row, row)
+    for xi in range(6):              # B along W: column j of tile tw is tmp[xi, j%4, tw + j//4]
+        t = xi * row
+        o = (6 * xi * P + p) * C
+        _bt4(tmp, t, t + QC, t + 2 * QC, t + 3 * QC, t + C, t + QC + C,
+             V, o, o + P * C, o + 2 * P * C, o + 3 * P * C, o + 4 * P * C, o + 5 * P * C, run)
+
+
+@cpu_inline
+def _input_rows2(slab, C, Q, th, tmp, V, p, P, Tw):
+    # as _input_rows4 with F(2x2): 4x4 tiles at rows 2th, columns 2tw
+    row, QC, run = 2 * Q * C, Q * C, Tw * C
+    s = 2 * th * row
+    _bt2(slab, s, s + row, s + 2 * row, s + 3 * row, tmp, 0, row, 2 * row, 3 * row, row)
+    for xi in range(4):              # column j of tile tw is tmp[xi, j%2, tw + j//2]
+        t = xi * row
+        o = (4 * xi * P + p) * C
+        _bt2(tmp, t, t + QC, t + C, t + QC + C,
+             V, o, o + P * C, o + 2 * P * C, o + 3 * P * C, run)
+
+
+@cpu_inline
+def _grad_rows4(slab, K, Q, th, tmp, D, p, P, Tw):
+    # slab of dy padded by (1, 1) -> D[xi*6 + nu, p + tw, :] = (A g A^T)[xi, nu] with g the
+    # 4x4 output-gradient tile at (4th, 4tw): slab rows 4th+1..4th+4, columns 4tw+1..4tw+4
+    row, QK, run = 4 * Q * K, Q * K, Tw * K
+    s = (4 * th + 1) * row
+    _a4(slab, s, s + row, s + 2 * row, s + 3 * row,
+        tmp, 0, row, 2 * row, 3 * row, 4 * row, 5 * row, row)
+    for xi in range(6):              # column 4tw+1+b is tmp[xi, (b+1)%4, tw + (b+1)//4]
+        t = xi * row
+        o = (6 * xi * P + p) * K
+        _a4(tmp, t + QK, t + 2 * QK, t + 3 * QK, t + K,
+            D, o, o + P * K, o + 2 * P * K, o + 3 * P * K, o + 4 * P * K, o + 5 * P * K, run)
+
+
+@cpu_inline
+def _grad_rows2(slab, K, Q, th, tmp, D, p, P, Tw):
+    # as _grad_rows4 with F(2x2): 2x2 gradient tiles at slab rows 2th+1, columns 2tw+1
+    row, QK, run = 2 * Q * K, Q * K, Tw * K
+    s = (2 * th + 1) * row
+    _a2(slab, s, s + row, tmp, 0, row, 2 * row, 3 * row, row)
+    for xi in range(4):              # column 2tw+1+b is tmp[xi, (b+1)%2, tw + (b+1)//2]
+        t = xi * row
+        o = (4 * xi * P + p) * K
+        _a2(tmp, t + QK, t + K, D, o, o + P * K, o + 2 * P * K, o + 3 * P * K, run)
 
 
 @cpu_serial
@@ -353,48 +411,84 @@ def _input_transform4(x, n0, nb, pt, pl, Th, Tw, V, p0, P):
     # x: (N, C, H, W) -> V: (36, P, C) flat; tile p0 + (b*Th + th)*Tw + tw of image n0 + b:
     # V[xi*6 + nu, p, c] = (B^T d B)[xi, nu], d = x~[n0+b, c, 4th : 4th+6, 4tw : 4tw+6]
     C = x.shape[1]
-    Q = Tw + 1                       # residue-split columns: 4Q >= 4Tw + 2 padded columns
-    row = 4 * Q * C                  # one slab row (4, Q, C)
-    slab = np.zeros((4 * Th + 2) * row, x.dtype)
-    tmp = np.empty(6 * row, x.dtype)
-    run = Tw * C
-    QC = Q * C
+    Q = Tw + 1
+    slab = np.zeros((4 * Th + 2) * 4 * Q * C, x.dtype)
+    tmp = np.empty(6 * 4 * Q * C, x.dtype)
     for b in range(nb):
         _to_slab(x, n0 + b, pt, pl, 4, Q, slab)
         for th in range(Th):
-            s = 4 * th * row         # rows 4th .. 4th+5: B^T along H, whole rows at once
-            _bt4(slab, s, s + row, s + 2 * row, s + 3 * row, s + 4 * row, s + 5 * row,
-                 tmp, 0, row, 2 * row, 3 * row, 4 * row, 5 * row, row)
-            p = p0 + (b * Th + th) * Tw
-            for xi in range(6):      # B along W: column j of tile tw is tmp[xi, j%4, tw + j//4]
-                t = xi * row
-                o = (6 * xi * P + p) * C
-                _bt4(tmp, t, t + QC, t + 2 * QC, t + 3 * QC, t + C, t + QC + C,
-                     V, o, o + P * C, o + 2 * P * C, o + 3 * P * C, o + 4 * P * C,
-                     o + 5 * P * C, run)
+            _input_rows4(slab, C, Q, th, tmp, V, p0 + (b * Th + th) * Tw, P, Tw)
 
 
 @cpu_serial
 def _input_transform2(x, n0, nb, pt, pl, Th, Tw, V, p0, P):
-    # x: (N, C, H, W) -> V: (16, P, C) flat, as _input_transform4 with F(2x2): 4x4 tiles at 2th
+    # x: (N, C, H, W) -> V: (16, P, C) flat, as _input_transform4 with F(2x2)
     C = x.shape[1]
-    Q = Tw + 1                       # 2Q >= 2Tw + 2
-    row = 2 * Q * C
-    slab = np.zeros((2 * Th + 2) * row, x.dtype)
-    tmp = np.empty(4 * row, x.dtype)
-    run = Tw * C
-    QC = Q * C
+    Q = Tw + 1
+    slab = np.zeros((2 * Th + 2) * 2 * Q * C, x.dtype)
+    tmp = np.empty(4 * 2 * Q * C, x.dtype)
     for b in range(nb):
         _to_slab(x, n0 + b, pt, pl, 2, Q, slab)
         for th in range(Th):
-            s = 2 * th * row
-            _bt2(slab, s, s + row, s + 2 * row, s + 3 * row, tmp, 0, row, 2 * row, 3 * row, row)
+            _input_rows2(slab, C, Q, th, tmp, V, p0 + (b * Th + th) * Tw, P, Tw)
+
+
+@cpu_serial
+def _grad_transform4(dy, n0, nb, Th, Tw, D, p0, P):
+    # dy: (N, K, OH, OW) -> D: (36, P, K) flat, D[xi*6 + nu, p, k] = (A g A^T)[xi, nu] with
+    # g = dy[n0+b, k, 4th : 4th+4, 4tw : 4tw+4] (zero past the output)
+    K = dy.shape[1]
+    Q = Tw + 1
+    slab = np.zeros((4 * Th + 2) * 4 * Q * K, dy.dtype)
+    tmp = np.empty(6 * 4 * Q * K, dy.dtype)
+    for b in range(nb):
+        _to_slab(dy, n0 + b, 1, 1, 4, Q, slab)
+        for th in range(Th):
+            _grad_rows4(slab, K, Q, th, tmp, D, p0 + (b * Th + th) * Tw, P, Tw)
+
+
+@cpu_serial
+def _grad_transform2(dy, n0, nb, Th, Tw, D, p0, P):
+    # dy: (N, K, OH, OW) -> D: (16, P, K) flat, as _grad_transform4 with F(2x2)
+    K = dy.shape[1]
+    Q = Tw + 1
+    slab = np.zeros((2 * Th + 2) * 2 * Q * K, dy.dtype)
+    tmp = np.empty(4 * 2 * Q * K, dy.dtype)
+    for b in range(nb):
+        _to_slab(dy, n0 + b, 1, 1, 2, Q, slab)
+        for th in range(Th):
+            _grad_rows2(slab, K, Q, th, tmp, D, p0 + (b * Th + th) * Tw, P, Tw)
+
+
+@cpu_serial
+def _dy_transform4(dy, n0, nb, Th, Tw, E, D, p0, P):
+    # Both transforms of dy from one slab (padding 1 on every side: dx's tiles are dy's):
+    # E = B^T dy~ B (the input of dx's convolution), D = A g A^T (for dw); both (36, P, K) flat
+    K = dy.shape[1]
+    Q = Tw + 1
+    slab = np.zeros((4 * Th + 2) * 4 * Q * K, dy.dtype)
+    tmp = np.empty(6 * 4 * Q * K, dy.dtype)
+    for b in range(nb):
+        _to_slab(dy, n0 + b, 1, 1, 4, Q, slab)
+        for th in range(Th):
             p = p0 + (b * Th + th) * Tw
-            for xi in range(4):      # column j of tile tw is tmp[xi, j%2, tw + j//2]
-                t = xi * row
-                o = (4 * xi * P + p) * C
-                _bt2(tmp, t, t + QC, t + C, t + QC + C,
-                     V, o, o + P * C, o + 2 * P * C, o + 3 * P * C, run)
+            _input_rows4(slab, K, Q, th, tmp, E, p, P, Tw)
+            _grad_rows4(slab, K, Q, th, tmp, D, p, P, Tw)
+
+
+@cpu_serial
+def _dy_transform2(dy, n0, nb, Th, Tw, E, D, p0, P):
+    # as _dy_transform4 with F(2x2)
+    K = dy.shape[1]
+    Q = Tw + 1
+    slab = np.zeros((2 * Th + 2) * 2 * Q * K, dy.dtype)
+    tmp = np.empty(4 * 2 * Q * K, dy.dtype)
+    for b in range(nb):
+        _to_slab(dy, n0 + b, 1, 1, 2, Q, slab)
+        for th in range(Th):
+            p = p0 + (b * Th + th) * Tw
+            _input_rows2(slab, K, Q, th, tmp, E, p, P, Tw)
+            _grad_rows2(slab, K, Q, th, tmp, D, p, P, Tw)
 
 
 @cpu_serial
@@ -443,53 +537,10 @@ def _output_transform2(M, p0, P, bias, n0, nb, Th, Tw, y):
             _from_rows(o, 2, Tw, K, th, bias, y, n0 + b)
 
 
-@cpu_serial
-def _grad_transform4(dy, n0, nb, Th, Tw, D, p0, P):
-    # dy: (N, K, OH, OW) -> D: (36, P, K) flat, D[xi*6 + nu, p, k] = (A g A^T)[xi, nu] with
-    # g = dy[n0+b, k, 4th : 4th+4, 4tw : 4tw+4] (zero past the output)
-    K = dy.shape[1]
-    row = 4 * Tw * K
-    slab = np.zeros(4 * Th * row, dy.dtype)
-    tmp = np.empty(6 * row, dy.dtype)
-    run = Tw * K
-    for b in range(nb):
-        _to_slab(dy, n0 + b, 0, 0, 4, Tw, slab)
-        for th in range(Th):
-            s = 4 * th * row
-            _a4(slab, s, s + row, s + 2 * row, s + 3 * row,
-                tmp, 0, row, 2 * row, 3 * row, 4 * row, 5 * row, row)
-            p = p0 + (b * Th + th) * Tw
-            for xi in range(6):
-                t = xi * row
-                o = (6 * xi * P + p) * K
-                _a4(tmp, t, t + run, t + 2 * run, t + 3 * run,
-                    D, o, o + P * K, o + 2 * P * K, o + 3 * P * K, o + 4 * P * K, o + 5 * P * K,
-                    run)
-
-
-@cpu_serial
-def _grad_transform2(dy, n0, nb, Th, Tw, D, p0, P):
-    # dy: (N, K, OH, OW) -> D: (16, P, K) flat, as _grad_transform4 with F(2x2)
-    K = dy.shape[1]
-    row = 2 * Tw * K
-    slab = np.zeros(2 * Th * row, dy.dtype)
-    tmp = np.empty(4 * row, dy.dtype)
-    run = Tw * K
-    for b in range(nb):
-        _to_slab(dy, n0 + b, 0, 0, 2, Tw, slab)
-        for th in range(Th):
-            s = 2 * th * row
-            _a2(slab, s, s + row, tmp, 0, row, 2 * row, 3 * row, row)
-            p = p0 + (b * Th + th) * Tw
-            for xi in range(4):
-                t = xi * row
-                o = (4 * xi * P + p) * K
-                _a2(tmp, t, t + run, D, o, o + P * K, o + 2 * P * K, o + 3 * P * K, run)
-
-
 INPUT = {4: _input_transform4, 2: _input_transform2}
 OUTPUT = {4: _output_transform4, 2: _output_transform2}
 GRAD = {4: _grad_transform4, 2: _grad_transform2}
+DY = {4: _dy_transform4, 2: _dy_transform2}
 
 
 # ----------------------------------------------------------------------- filters
@@ -668,6 +719,19 @@ def _gemm_dw(D, V, W, first, s0, s1):
         W[s0:s1] += np.matmul(D[s0:s1].transpose(0, 2, 1), V[s0:s1])
 
 
+def _gemm_backward(D, V, E, Ud, W, first, s0, s1):
+    # for xi in [s0, s1): W[xi] (K, C) (+)= D[xi]^T (K, P) @ V[xi] (P, C), then dx's products
+    # E[xi] (P, K) @ Ud[xi] (K, C) into V[xi], which the dw GEMM no longer needs
+    _gemm_dw(D, V, W, first, s0, s1)
+    np.matmul(E[s0:s1], Ud[s0:s1], out=V[s0:s1])
+
+
+def _backward_inputs(x, dy, n0, nb, pt, pl, m, Th, Tw, V, E, D, p0, P):
+    # transforms of a range of images: x -> V; dy -> E (dx's input) and D (dw's gradient tiles)
+    INPUT[m](x, n0, nb, pt, pl, Th, Tw, V, p0, P)
+    DY[m](dy, n0, nb, Th, Tw, E, D, p0, P)
+
+
 def _conv(x, Ut, bias, pt, pl, out):
     """out (N, K, OH, OW) = Winograd conv of x (N, C, H, W) with transformed filters Ut
     (a*a, C, K) (input padding pt, pl; the output size is out's) + bias."""
@@ -695,6 +759,42 @@ def forward(x, w, b, g, out):
     bias = b if b is not None else np.zeros(g.K, x.dtype)
     Ut = filter_transform(w, m).transpose(0, 2, 1)              # (a*a, C, K)
     return _conv(x, Ut, bias, g.pt, g.pl, out)
+
+
+def backward(dy, x, w, g, dx, dw):
+    """dw (and dx unless it is None) of the convolution with geometry g, into dw and dx.
+
+    With padding 1 on every side, dx's convolution pads dy by 1 too and its tiles are dy's, so
+    one pass per chunk transposes dy once into both of its transforms (E for dx, D for dw) and
+    one GEMM task per xi does both products. Other paddings run backward_dw and backward_dx.
+    """
+    if dx is None or not g.pt == g.pb == g.pl == g.pr == 1:
+        backward_dw(dy, x, g, dw)
+        if dx is not None:
+            backward_dx(dy, w, g, dx)
+        return dx, dw
+    N, C, K = g.N, g.C, g.K
+    m, a2, Th, Tw = _geometry(g.OH, g.OW)
+    T = Th * Tw
+    Ud = filter_transform(w, m, flip=True)                      # (a*a, K, C): dx's filters
+    W = scratch("W", (a2, K, C), x.dtype)
+    zeros = np.zeros(C, x.dtype)
+    with single_threaded_blas():
+        for c0, c1 in _chunks(N, T, a2, max(C, K), x.itemsize):
+            P = (c1 - c0) * T
+            V = scratch("V", (a2, P, C), x.dtype)
+            E = scratch("M", (a2, P, K), x.dtype)
+            D = scratch("D", (a2, P, K), x.dtype)
+            images = _image_tasks(c1 - c0)
+            run_tasks(_backward_inputs, [(x, dy, c0 + i0, i1 - i0, 1, 1, m, Th, Tw, V.reshape(-1),
+                                          E.reshape(-1), D.reshape(-1), i0 * T, P)
+                                         for i0, i1 in images])
+            run_tasks(_gemm_backward, [(D, V, E, Ud, W, c0 == 0, s0, s1)
+                                       for s0, s1 in _gemm_tasks(a2)])
+            run_tasks(OUTPUT[m], [(V.reshape(-1), i0 * T, P, zeros, c0 + i0, i1 - i0, Th, Tw, dx)
+                                  for i0, i1 in images])
+    filter_gradient(W, m, dw)
+    return dx, dw
 
 
 def backward_dx(dy, w, g, dx):
