@@ -254,8 +254,8 @@ def test_per_image_tasks_split_the_batch(rng, monkeypatch):
     g = conv_geometry("t", x.shape, w.shape, 1, 1, 1)
     assert cpu.task_images(g, 4) == [(0, 7)]
     whole = run_all(x, w, b, dy, 1)
-    monkeypatch.setattr(cpu, "TASK_COL_BYTES", 3 * 28 * 72 * 4)   # 3 images per task
-    assert cpu.task_images(g, 4) == [(0, 3), (3, 6), (6, 7)]
+    monkeypatch.setattr(cpu, "TASK_COL_BYTES", 3 * 28 * 72 * 4)   # <= 3 images per task
+    assert cpu.task_images(g, 4) == [(0, 2), (2, 4), (4, 7)]
     for got, want in zip(run_all(x, w, b, dy, 1), whole):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -273,7 +273,8 @@ def test_out_buffers_are_used(rng):
 
 def test_task_runner_and_blas_limit():
     seen = []
-    _parallel.run_tasks(lambda a, b: seen.append(a + b), [(1, 2), (3, 4), (5, 6)])
+    add = lambda a, b: seen.append(a + b)  # noqa: E731
+    _parallel.run_tasks([(add, 1, 2), (add, 3, 4), (add, 5, 6)])
     assert sorted(seen) == [3, 7, 11]
     libs = _parallel._blas_controllers()
     before = [lib.get_num_threads() for lib in libs]
@@ -283,6 +284,6 @@ def test_task_runner_and_blas_limit():
         assert all(lib.get_num_threads() == 1 for lib in libs)
     assert [lib.get_num_threads() for lib in libs] == before
     with pytest.raises(ZeroDivisionError):
-        _parallel.run_tasks(lambda a: 1 / a, [(1,), (0,)])       # errors reach the caller
+        _parallel.run_tasks([(np.reciprocal, 1), (int.__truediv__, 1, 0)])  # errors surface
     a = _parallel.scratch("test", (3, 4), np.float32)
     assert a.shape == (3, 4) and _parallel.scratch("test", (2, 2), np.float32).base is a.base

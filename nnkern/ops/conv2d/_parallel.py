@@ -60,14 +60,16 @@ def _executor(n):
         return _pool
 
 
-def run_tasks(fn, tasks):
-    """fn(*args) for every args tuple in ``tasks``; on the worker threads when there are several."""
-    n = min(workers(), len(tasks))
+def run_tasks(calls):
+    """Run every call ``(fn, *args)`` in ``calls`` and wait for all of them: on the worker
+    threads when there are several workers and calls, else in order on this thread."""
+    n = min(workers(), len(calls))
     if n <= 1:
-        for args in tasks:
+        for fn, *args in calls:
             fn(*args)
         return
-    for future in [_executor(workers()).submit(fn, *args) for args in tasks]:
+    pool = _executor(workers())
+    for future in [pool.submit(*call) for call in calls]:
         future.result()
 
 

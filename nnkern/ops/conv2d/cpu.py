@@ -187,7 +187,8 @@ def task_images(g, itemsize):
     """Fixed image ranges of the per-image tasks (by shape only: thread-count independent)."""
     per_image = (g.C * g.KH * g.KW + 1) * g.OH * g.OW * itemsize
     B = max(1, min(g.N, TASK_COL_BYTES // per_image))
-    return [(n0, min(g.N, n0 + B)) for n0 in range(0, g.N, B)]
+    tasks = -(-g.N // B)                     # as few tasks as fit, of balanced sizes
+    return [(g.N * t // tasks, g.N * (t + 1) // tasks) for t in range(tasks)]
 
 
 def _columns(x, g, n0, n1, extra):
@@ -224,7 +225,7 @@ def _forward_tasks(x, w, b, g, y):
     wb[:, -1] = 0 if b is None else b
     yv = y.reshape(g.N, K, g.OH * g.OW)
     with single_threaded_blas():
-        run_tasks(_forward_task, [(x, wb, yv, g, n0, n1) for n0, n1 in task_images(g, x.itemsize)])
+        run_tasks([(_forward_task, x, wb, yv, g, n0, n1) for n0, n1 in task_images(g, x.itemsize)])
     return y
 
 
@@ -235,8 +236,8 @@ def _backward_tasks(dy, x, w, g, need_dx, dx, dw):
     parts = np.empty((len(tasks), K, wm.shape[1]), x.dtype)
     dyv = dy.reshape(g.N, K, L)
     with single_threaded_blas():
-        run_tasks(_backward_task, [(dyv, x, wm, g, need_dx, dx, parts, t, n0, n1)
-                                   for t, (n0, n1) in enumerate(tasks)])
+        run_tasks([(_backward_task, dyv, x, wm, g, need_dx, dx, parts, t, n0, n1)
+                   for t, (n0, n1) in enumerate(tasks)])
     np.sum(parts, axis=0, out=dw.reshape(K, -1))               # fixed order over tasks
     return dx, dw
 

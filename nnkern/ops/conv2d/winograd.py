@@ -649,27 +649,34 @@ FILTER = {4: _filter_transform4, 2: _filter_transform2}
 FILTER_GRADIENT = {4: _filter_gradient4, 2: _filter_gradient2}
 
 
-def _filter_tasks(KC):
-    # filter ranges for the worker threads, in whole blocks
+def _filter_calls(kernel, args, KC):
+    # the filter kernel over ranges of whole blocks of the K*C filters, one per worker
     blocks = -(-KC // FILTER_BLOCK)
-    return [(b0 * FILTER_BLOCK, min(KC, b1 * FILTER_BLOCK))
+    return [(kernel,) + args + (b0 * FILTER_BLOCK, min(KC, b1 * FILTER_BLOCK))
             for b0, b1 in _ranges(blocks, workers())]
 
 
+def filter_transform_calls(w, m, flip, U):
+    """Tasks writing U (a*a, K, C) = G w[k, c] G^T for every (k, c); with ``flip`` the taps are
+    reversed (w[k, c, 2 - i, 2 - j]: dx's filters, channels still in (K, C) order)."""
+    return _filter_calls(FILTER[m], (w, flip, U.reshape(-1)), w.shape[0] * w.shape[1])
+
+
+def filter_gradient_calls(W, m, dw):
+    """Tasks writing dw[k, c] = G^T W[:, k, c] G for W (a*a, K, C) into dw (K, C, 3, 3)."""
+    return _filter_calls(FILTER_GRADIENT[m], (W.reshape(-1), dw), dw.shape[0] * dw.shape[1])
+
+
 def filter_transform(w, m, flip=False):
-    """U (a*a, K, C) = G w[k, c] G^T for every (k, c); with ``flip`` the taps are reversed
-    (w[k, c, 2 - i, 2 - j]: the filters of dx's convolution, channels still in (K, C) order)."""
-    K, C = w.shape[:2]
-    U = scratch("U", ((m + 2) ** 2, K, C), w.dtype)           # valid until the next conv call
-    run_tasks(FILTER[m], [(w, flip, U.reshape(-1), k0, k1) for k0, k1 in _filter_tasks(K * C)])
+    """U (a*a, K, C) = G w[k, c] G^T (see filter_transform_calls), in a new array."""
+    U = np.empty(((m + 2) ** 2,) + w.shape[:2], w.dtype)
+    run_tasks(filter_transform_calls(w, m, flip, U))
     return U
 
 
 def filter_gradient(W, m, dw):
-    """dw[k, c] = G^T W[:, k, c] G for W (a*a, K, C), into dw (K, C, 3, 3)."""
-    K, C = dw.shape[:2]
-    run_tasks(FILTER_GRADIENT[m], [(W.reshape(-1), dw, k0, k1)
-                                   for k0, k1 in _filter_tasks(K * C)])
+    """dw[k, c] = G^T W[:, k, c] G for W (a*a, K, C), into dw."""
+    run_tasks(filter_gradient_calls(W, m, dw))
     return dw
 
 
@@ -719,37 +726,46 @@ def _gemm_dw(D, V, W, first, s0, s1):
         W[s0:s1] += np.matmul(D[s0:s1].transpose(0, 2, 1), V[s0:s1])
 
 
-def _gemm_backward(D, V, E, Ud, W, first, s0, s1):
-    # for xi in [s0, s1): W[xi] (K, C) (+)= D[xi]^T (K, P) @ V[xi] (P, C), then dx's products
-    # E[xi] (P, K) @ Ud[xi] (K, C) into V[xi], which the dw GEMM no longer needs
+def _gemm_backward(D, V, E, Ud, W, first, X, s0, s1):
+    # for xi in [s0, s1): W[xi] (K, C) (+)= D[xi]^T (K, P) @ V[xi] (P, C), and dx's products
+    # X[xi] (P, C) = E[xi] (P, K) @ Ud[xi] (K, C)
     _gemm_dw(D, V, W, first, s0, s1)
-    np.matmul(E[s0:s1], Ud[s0:s1], out=V[s0:s1])
+    np.matmul(E[s0:s1], Ud[s0:s1], out=X[s0:s1])
 
 
-def _backward_inputs(x, dy, n0, nb, pt, pl, m, Th, Tw, V, E, D, p0, P):
+def _backward_inputs(x, dy, n0, nb, m, Th, Tw, V, E, D, p0, P):
     # transforms of a range of images: x -> V; dy -> E (dx's input) and D (dw's gradient tiles)
-    INPUT[m](x, n0, nb, pt, pl, Th, Tw, V, p0, P)
+    INPUT[m](x, n0, nb, 1, 1, Th, Tw, V, p0, P)
     DY[m](dy, n0, nb, Th, Tw, E, D, p0, P)
 
 
-def _conv(x, Ut, bias, pt, pl, out):
+# Each super-chunk runs in phases, each a batch of tasks for the workers: transforms per range
+# of images, then GEMMs per range of xi, then output transforms per range of images. A chunk's
+# output transforms share their phase with the next chunk's input transforms (they touch
+# different buffers), and the filter transform shares the first phase: two waits per chunk.
+
+
+def _conv(x, Ut, first_calls, bias, pt, pl, out):
     """out (N, K, OH, OW) = Winograd conv of x (N, C, H, W) with transformed filters Ut
-    (a*a, C, K) (input padding pt, pl; the output size is out's) + bias."""
+    (a*a, C, K), which ``first_calls`` fill during the first phase (input padding pt, pl; the
+    output size is out's) + bias."""
     N, C = x.shape[:2]
     K, OH, OW = out.shape[1:]
     m, a2, Th, Tw = _geometry(OH, OW)
     T = Th * Tw
+    pending = first_calls
     with single_threaded_blas():
         for c0, c1 in _chunks(N, T, a2, max(C, K), x.itemsize):
             P = (c1 - c0) * T
             V = scratch("V", (a2, P, C), x.dtype)
             M = scratch("M", (a2, P, K), x.dtype)
             images = _image_tasks(c1 - c0)
-            run_tasks(INPUT[m], [(x, c0 + i0, i1 - i0, pt, pl, Th, Tw, V.reshape(-1), i0 * T, P)
-                                 for i0, i1 in images])
-            run_tasks(_gemm_forward, [(V, Ut, M, s0, s1) for s0, s1 in _gemm_tasks(a2)])
-            run_tasks(OUTPUT[m], [(M.reshape(-1), i0 * T, P, bias, c0 + i0, i1 - i0, Th, Tw, out)
-                                  for i0, i1 in images])
+            run_tasks(pending + [(INPUT[m], x, c0 + i0, i1 - i0, pt, pl, Th, Tw, V.reshape(-1),
+                                  i0 * T, P) for i0, i1 in images])
+            run_tasks([(_gemm_forward, V, Ut, M, s0, s1) for s0, s1 in _gemm_tasks(a2)])
+            pending = [(OUTPUT[m], M.reshape(-1), i0 * T, P, bias, c0 + i0, i1 - i0, Th, Tw, out)
+                       for i0, i1 in images]
+        run_tasks(pending)
     return out
 
 
@@ -757,8 +773,9 @@ def forward(x, w, b, g, out):
     """y = conv2d(x, w) + b for geometry g (see applicable()), into out."""
     m = tile_size(g.OH, g.OW)
     bias = b if b is not None else np.zeros(g.K, x.dtype)
-    Ut = filter_transform(w, m).transpose(0, 2, 1)              # (a*a, C, K)
-    return _conv(x, Ut, bias, g.pt, g.pl, out)
+    U = scratch("U", ((m + 2) ** 2, g.K, g.C), x.dtype)
+    return _conv(x, U.transpose(0, 2, 1), filter_transform_calls(w, m, False, U), bias, g.pt,
+                 g.pl, out)
 
 
 def backward(dy, x, w, g, dx, dw):
@@ -776,32 +793,35 @@ def backward(dy, x, w, g, dx, dw):
     N, C, K = g.N, g.C, g.K
     m, a2, Th, Tw = _geometry(g.OH, g.OW)
     T = Th * Tw
-    Ud = filter_transform(w, m, flip=True)                      # (a*a, K, C): dx's filters
+    Ud = scratch("U", (a2, K, C), x.dtype)                      # dx's filters
     W = scratch("W", (a2, K, C), x.dtype)
     zeros = np.zeros(C, x.dtype)
+    pending = filter_transform_calls(w, m, True, Ud)
     with single_threaded_blas():
         for c0, c1 in _chunks(N, T, a2, max(C, K), x.itemsize):
             P = (c1 - c0) * T
             V = scratch("V", (a2, P, C), x.dtype)
             E = scratch("M", (a2, P, K), x.dtype)
             D = scratch("D", (a2, P, K), x.dtype)
+            X = scratch("X", (a2, P, C), x.dtype)
             images = _image_tasks(c1 - c0)
-            run_tasks(_backward_inputs, [(x, dy, c0 + i0, i1 - i0, 1, 1, m, Th, Tw, V.reshape(-1),
-                                          E.reshape(-1), D.reshape(-1), i0 * T, P)
-                                         for i0, i1 in images])
-            run_tasks(_gemm_backward, [(D, V, E, Ud, W, c0 == 0, s0, s1)
-                                       for s0, s1 in _gemm_tasks(a2)])
-            run_tasks(OUTPUT[m], [(V.reshape(-1), i0 * T, P, zeros, c0 + i0, i1 - i0, Th, Tw, dx)
-                                  for i0, i1 in images])
-    filter_gradient(W, m, dw)
+            run_tasks(pending + [(_backward_inputs, x, dy, c0 + i0, i1 - i0, m, Th, Tw,
+                                  V.reshape(-1), E.reshape(-1), D.reshape(-1), i0 * T, P)
+                                 for i0, i1 in images])
+            run_tasks([(_gemm_backward, D, V, E, Ud, W, c0 == 0, X, s0, s1)
+                       for s0, s1 in _gemm_tasks(a2)])
+            pending = [(OUTPUT[m], X.reshape(-1), i0 * T, P, zeros, c0 + i0, i1 - i0, Th, Tw, dx)
+                       for i0, i1 in images]
+        run_tasks(pending + filter_gradient_calls(W, m, dw))
     return dx, dw
 
 
 def backward_dx(dy, w, g, dx):
     """dx = the 3x3 stride-1 conv of dy (padded 2 - pad) with w flipped and transposed."""
     m = tile_size(g.H, g.W)
-    Ut = filter_transform(w, m, flip=True)                      # (a*a, K, C): K in, C out
-    return _conv(dy, Ut, np.zeros(g.C, dy.dtype), 2 - g.pt, 2 - g.pl, dx)
+    Ud = scratch("U", ((m + 2) ** 2, g.K, g.C), dy.dtype)      # (a*a, K, C): K in, C out
+    return _conv(dy, Ud, filter_transform_calls(w, m, True, Ud), np.zeros(g.C, dy.dtype),
+                 2 - g.pt, 2 - g.pl, dx)
 
 
 def backward_dw(dy, x, g, dw):
@@ -809,16 +829,17 @@ def backward_dw(dy, x, g, dw):
     N, C, K = g.N, g.C, g.K
     m, a2, Th, Tw = _geometry(g.OH, g.OW)
     T = Th * Tw
-    W = scratch("U", (a2, K, C), x.dtype)
+    W = scratch("W", (a2, K, C), x.dtype)
     with single_threaded_blas():
         for c0, c1 in _chunks(N, T, a2, max(C, K), x.itemsize):
             P = (c1 - c0) * T
             V = scratch("V", (a2, P, C), x.dtype)
-            D = scratch("M", (a2, P, K), x.dtype)
+            D = scratch("D", (a2, P, K), x.dtype)
             images = _image_tasks(c1 - c0)
-            run_tasks(INPUT[m], [(x, c0 + i0, i1 - i0, g.pt, g.pl, Th, Tw, V.reshape(-1), i0 * T,
-                                  P) for i0, i1 in images])
-            run_tasks(GRAD[m], [(dy, c0 + i0, i1 - i0, Th, Tw, D.reshape(-1), i0 * T, P)
-                                for i0, i1 in images])
-            run_tasks(_gemm_dw, [(D, V, W, c0 == 0, s0, s1) for s0, s1 in _gemm_tasks(a2)])
-    return filter_gradient(W, m, dw)
+            run_tasks([(INPUT[m], x, c0 + i0, i1 - i0, g.pt, g.pl, Th, Tw, V.reshape(-1),
+                        i0 * T, P) for i0, i1 in images]
+                      + [(GRAD[m], dy, c0 + i0, i1 - i0, Th, Tw, D.reshape(-1), i0 * T, P)
+                         for i0, i1 in images])
+            run_tasks([(_gemm_dw, D, V, W, c0 == 0, s0, s1) for s0, s1 in _gemm_tasks(a2)])
+        run_tasks(filter_gradient_calls(W, m, dw))
+    return dw
