@@ -12,15 +12,16 @@ Results never depend on the worker count: every task computes its own outputs wi
 serial code whatever thread runs it, and the split into tasks is fixed by the shapes.
 """
 
+import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numba
 import numpy as np
 
 _lock = threading.Lock()
 _pool = None
-_pool_size = 0
+_pool_key = None      # (size, pid): a forked child gets a fresh pool (the parent's threads are gone)
 _blas = None          # threadpoolctl controllers of the BLAS libraries, found once
 _blas_depth = 0       # nesting count of single_threaded_blas (calls from several threads)
 _blas_saved = ()
@@ -50,13 +51,13 @@ def workers():
 
 
 def _executor(n):
-    global _pool, _pool_size
+    global _pool, _pool_key
     with _lock:
-        if _pool is None or _pool_size != n:
-            if _pool is not None:
+        if _pool is None or _pool_key != (n, os.getpid()):
+            if _pool is not None and _pool_key[1] == os.getpid():
                 _pool.shutdown(wait=False)
             _pool = ThreadPoolExecutor(n, thread_name_prefix="nnkern-conv")
-            _pool_size = n
+            _pool_key = (n, os.getpid())
         return _pool
 
 
@@ -69,8 +70,10 @@ def run_tasks(calls):
             fn(*args)
         return
     pool = _executor(workers())
-    for future in [pool.submit(*call) for call in calls]:
-        future.result()
+    futures = [pool.submit(*call) for call in calls]
+    wait(futures)                 # all of them, even after an error: they write shared buffers
+    for future in futures:
+        future.result()           # re-raises the first error
 
 
 def _blas_controllers():
