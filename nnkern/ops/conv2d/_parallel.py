@@ -21,7 +21,7 @@ import numpy as np
 
 _lock = threading.Lock()
 _pool = None
-_pool_key = None      # (size, pid): a forked child gets a fresh pool (the parent's threads are gone)
+_pool_key = None      # (size, pid): a forked child needs its own pool (no parent threads)
 _blas = None          # threadpoolctl controllers of the BLAS libraries, found once
 _blas_depth = 0       # nesting count of single_threaded_blas (calls from several threads)
 _blas_saved = ()
