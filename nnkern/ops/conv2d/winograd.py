@@ -318,10 +318,29 @@ def _gt2(s, i0, i1, i2, i3, d, o0, o1, o2, n):
 
 
 @cpu_inline
+def _new_slab(rows, m, Q, pt, pl, x):
+    # an uninitialised slab (rows, m, Q, C) flat for images of x, with zeros in every cell no
+    # pixel maps to (the padding): zeroing only those, not the whole slab, saves a memset per
+    # call of the slab's size
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    row = m * Q * C
+    slab = np.empty(rows * row, x.dtype)
+    for h in range(rows):
+        if h < pt or h >= pt + H:
+            slab[h * row:(h + 1) * row] = 0
+        else:
+            for wp in range(m * Q):
+                if wp < pl or wp >= pl + W:
+                    o = h * row + ((wp % m) * Q + wp // m) * C
+                    slab[o:o + C] = 0
+    return slab
+
+
+@cpu_inline
 def _to_slab(x, n, pt, pl, m, Q, slab):
     # x[n]: (C, H, W) -> slab: (Hs, m, Q, C) flat, slab[h + pt, r, q, c] = x[n, c, h, w] where
     # w + pl = m*q + r (m = 2 or 4: mask and shift, not division). Entries no pixel maps to keep
-    # their value (zero: set at allocation).
+    # their value (zero: see _new_slab).
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     row = m * Q * C
     shift = m >> 1
@@ -430,7 +449,7 @@ def _input_transform4(x, n0, nb, pt, pl, Th, Tw, V, p0, P):
     # V[xi*6 + nu, p, c] = (B^T d B)[xi, nu], d = x~[n0+b, c, 4th : 4th+6, 4tw : 4tw+6]
     C = x.shape[1]
     Q = Tw + 1
-    slab = np.zeros((4 * Th + 2) * 4 * Q * C, x.dtype)
+    slab = _new_slab(4 * Th + 2, 4, Q, pt, pl, x)
     tmp = np.empty(6 * 4 * Q * C, x.dtype)
     for b in range(nb):
         _to_slab(x, n0 + b, pt, pl, 4, Q, slab)
@@ -443,7 +462,7 @@ def _input_transform2(x, n0, nb, pt, pl, Th, Tw, V, p0, P):
     # x: (N, C, H, W) -> V: (16, P, C) flat, as _input_transform4 with F(2x2)
     C = x.shape[1]
     Q = Tw + 1
-    slab = np.zeros((2 * Th + 2) * 2 * Q * C, x.dtype)
+    slab = _new_slab(2 * Th + 2, 2, Q, pt, pl, x)
     tmp = np.empty(4 * 2 * Q * C, x.dtype)
     for b in range(nb):
         _to_slab(x, n0 + b, pt, pl, 2, Q, slab)
@@ -457,7 +476,7 @@ def _grad_transform4(dy, n0, nb, Th, Tw, D, p0, P):
     # g = dy[n0+b, k, 4th : 4th+4, 4tw : 4tw+4] (zero past the output)
     K = dy.shape[1]
     Q = Tw + 1
-    slab = np.zeros((4 * Th + 2) * 4 * Q * K, dy.dtype)
+    slab = _new_slab(4 * Th + 2, 4, Q, 1, 1, dy)
     tmp = np.empty(6 * 4 * Q * K, dy.dtype)
     for b in range(nb):
         _to_slab(dy, n0 + b, 1, 1, 4, Q, slab)
@@ -470,7 +489,7 @@ def _grad_transform2(dy, n0, nb, Th, Tw, D, p0, P):
     # dy: (N, K, OH, OW) -> D: (16, P, K) flat, as _grad_transform4 with F(2x2)
     K = dy.shape[1]
     Q = Tw + 1
-    slab = np.zeros((2 * Th + 2) * 2 * Q * K, dy.dtype)
+    slab = _new_slab(2 * Th + 2, 2, Q, 1, 1, dy)
     tmp = np.empty(4 * 2 * Q * K, dy.dtype)
     for b in range(nb):
         _to_slab(dy, n0 + b, 1, 1, 2, Q, slab)
@@ -484,7 +503,7 @@ def _dy_transform4(dy, n0, nb, Th, Tw, E, D, p0, P):
     # E = B^T dy~ B (the input of dx's convolution), D = A g A^T (for dw); both (36, P, K) flat
     K = dy.shape[1]
     Q = Tw + 1
-    slab = np.zeros((4 * Th + 2) * 4 * Q * K, dy.dtype)
+    slab = _new_slab(4 * Th + 2, 4, Q, 1, 1, dy)
     tmp = np.empty(6 * 4 * Q * K, dy.dtype)
     for b in range(nb):
         _to_slab(dy, n0 + b, 1, 1, 4, Q, slab)
@@ -499,7 +518,7 @@ def _dy_transform2(dy, n0, nb, Th, Tw, E, D, p0, P):
     # as _dy_transform4 with F(2x2)
     K = dy.shape[1]
     Q = Tw + 1
-    slab = np.zeros((2 * Th + 2) * 2 * Q * K, dy.dtype)
+    slab = _new_slab(2 * Th + 2, 2, Q, 1, 1, dy)
     tmp = np.empty(4 * 2 * Q * K, dy.dtype)
     for b in range(nb):
         _to_slab(dy, n0 + b, 1, 1, 2, Q, slab)
