@@ -1,7 +1,17 @@
-"""Numba CPU kernels for conv2d: im2col in Numba, GEMMs in BLAS.
+"""Numba CPU kernels for conv2d: im2col or Winograd transforms in Numba, GEMMs in BLAS.
 
 A GEMM written in Numba reaches only ~30% of OpenBLAS on these machines (NUMBA_NOTES §1.1), so
-the arithmetic goes to BLAS through ``np.matmul`` and Numba does the data movement:
+the arithmetic goes to BLAS through ``np.matmul`` and Numba does the data movement. Three paths:
+
+* float32, 3x3, stride 1, dilation 1, padding <= 2, C and K >= 16 (every VGG layer but the
+  first): Winograd F(4x4, 3x3) / F(2x2, 3x3), see winograd.py (4x / 2.25x fewer multiplies).
+* other float32 convs except 1x1 (the first layer, C = 1 or 3; strides; dilations): im2col and
+  one GEMM per image, run as tasks over fixed image ranges on a few threads (below: "per-image
+  GEMMs on tasks"), writing straight into the NCHW output.
+* float64 (gradient checks: exact, the reference path) and 1x1 convs: the chunked im2col path
+  described next.
+
+The chunked im2col path:
 
 * im2col copies, for a chunk of B images, every input pixel each kernel tap reads into a column
   matrix ``cols`` of shape (C*KH*KW, B, OH, OW): row (c, i, j) holds x̃[n, c, oh*sh + i*dh,
