@@ -750,7 +750,7 @@ def _image_tasks(nb):
 
 
 def _gemm_tasks(a2):
-    return _ranges(a2, workers())
+    return _ranges(a2, 3 * workers())
 
 
 def _gemm_forward(V, Ut, M, s0, s1):
