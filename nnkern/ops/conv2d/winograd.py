@@ -46,10 +46,11 @@ import numpy as np
 from nnkern._jit import cpu_inline, cpu_serial
 from nnkern.ops.conv2d._parallel import run_tasks, scratch, single_threaded_blas, workers
 
-#: Tiles per super-chunk: the GEMMs' row count P. Fewer rows make BLAS slower; more make the
-#: transformed arrays fall out of cache between the transform and the GEMM (measured on 2
-#: cores: 64x64x32x32 fastest at 256-512, 256x256x8x8 at 256 = the whole batch of 64).
-CHUNK_TILES = 512
+#: Tiles per super-chunk: the GEMMs' row count P. Fewer rows make BLAS slower and add phase
+#: waits; more make the transformed arrays fall out of cache between the transform and the
+#: GEMM. Measured (batch 64, forward+backward, 1 and 2 threads, 128..1024 tiles): 128-256 best
+#: at 64x64x32x32 and 128x128x16x16, 256-512 at 256x256x8x8.
+CHUNK_TILES = 256
 #: Upper bound on one super-chunk's transformed array (a*a, P, channels).
 CHUNK_BYTES = 16 << 20
 
