@@ -33,12 +33,22 @@ Every transform helper below writes one output run per loop, reading runs of one
 LLVM then vectorises it with a single runtime aliasing check (loops writing several arrays at
 unknown distances stay scalar).
 
-Accuracy: the transforms' coefficients (up to 8 in A, 1/24 in G) amplify float32 rounding;
-F(4x4) errors are ~5-10x those of a direct float32 sum (see tests). float64 never comes here.
+Backward with padding 1 (the usual "same" 3x3 conv) is one fused pass: dx's tiles are then
+dy's, so dy is transposed once into both of its transforms and each GEMM task does both of
+dw's and dx's products for its positions xi.
+
+Accuracy: the transforms' coefficients (up to 8 in A, 1/24 in G) amplify float32 rounding:
+measured F(4x4) errors are <= 12 eps * max sum |w||x~| (~10x a direct float32 sum; F(2x2)
+~1.5x), well inside the conv tests' float32 tolerances (tests/ops/test_conv2d_winograd.py).
+The dispatcher sends only float32 here; the kernels are dtype-generic and exact to 1e-12 in
+float64 (tested). A tile mixes its pixels, so an Inf or NaN input spreads NaN over its whole
+output tile rather than its 3x3 neighbourhood.
 
 Work split (see _parallel.py): transforms run per range of images, GEMMs per range of xi, each
 phase on the worker threads with BLAS single-threaded; the batch is processed in super-chunks
-of about CHUNK_TILES tiles.
+of about CHUNK_TILES tiles. Work arrays live in per-thread scratch buffers reused across calls
+(page faults on fresh multi-MiB arrays cost more than the transforms); the largest are the
+transformed filters, a*a*K*C floats (38 MiB for 512x512 filters with F(4x4)).
 """
 
 import numpy as np
