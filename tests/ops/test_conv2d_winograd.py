@@ -1,12 +1,13 @@
 """The fast float32 conv2d paths: Winograd F(4x4)/F(2x2) and per-image GEMM tasks.
 
 Tolerances. Winograd F(4x4, 3x3) computes each output through transforms with coefficients up
-to 8 (A), 5 (B) and 1/24 (G), so its float32 rounding error is about 10x that of a direct sum:
-measured max |y - y64| <= 12 eps * max_(n,k,h,w) sum_(c,i,j) |w| |x~| for C = 16..512 (3-6e-6 of
-max |y|), against ~1 eps for im2col (F(2x2): ~1.5x). The bound grows with the summed magnitudes,
-i.e. with C*KH*KW for y and with N*OH*OW for dw, exactly like the tolerance ``scale`` the conv
-tests already use (C*KH*KW/10 + 1 for y, N*OH*OW/10 + 1 for the gradients); at those scales the
-Winograd errors stay 3-10x inside the float32 tolerance, so the tests below reuse them unchanged.
+to 8 (A), 5/2 (B) and 16/15 (G), so its float32 rounding error is 2-4x that of a direct sum:
+measured max |y - y64| <= 5 eps * max_(n,k,h,w) sum_(c,i,j) |w| |x~| for C = 16..512 (1-2e-6 of
+max |y|; with Lavin's points 0, +-1, +-2 it was 12 eps), against ~1 eps for im2col (F(2x2):
+~1.5x). The bound grows with the summed magnitudes, i.e. with C*KH*KW for y and with N*OH*OW
+for dw, exactly like the tolerance ``scale`` the conv tests already use (C*KH*KW/10 + 1 for y,
+N*OH*OW/10 + 1 for the gradients); at those scales the Winograd errors stay several times inside
+the float32 tolerance, so the tests below reuse them unchanged.
 float64 never takes these paths (gradient checks keep the exact im2col path); the Winograd
 kernels are still checked in float64 at 1e-12 and by finite differences, which shows the
 algebra is exact and only float32 rounding differs.
@@ -189,13 +190,13 @@ def test_winograd_gradients_finite_difference(rng):
 
 
 def test_larger_channel_counts_stay_within_the_winograd_error_bound(rng):
-    # the bound in the module docstring, at a VGG-like depth: |y - y64| <= 12 eps sum |w||x~|
+    # the bound in the module docstring, at a VGG-like depth: |y - y64| <= 5 eps sum |w||x~|
     x, w, _ = make(rng, 2, 128, 8, 8, 32)
     y = F.conv2d_forward(x, w, None, 1, 1)
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
     y64 = ref.conv2d_forward(x64, w64, None, 1, 1)
     bound = ref.conv2d_forward(np.abs(x64), np.abs(w64), None, 1, 1)
-    assert np.all(np.abs(y - y64) <= 12 * np.finfo(np.float32).eps * bound.max())
+    assert np.all(np.abs(y - y64) <= 5 * np.finfo(np.float32).eps * bound.max())
 
 
 # ------------------------------------------------------------------ chunks, threads, buffers

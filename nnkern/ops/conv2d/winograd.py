@@ -37,9 +37,10 @@ Backward with padding 1 (the usual "same" 3x3 conv) is one fused pass: dx's tile
 dy's, so dy is transposed once into both of its transforms and each GEMM task does both of
 dw's and dx's products for its positions xi.
 
-Accuracy: the transforms' coefficients (up to 8 in A, 1/24 in G) amplify float32 rounding:
-measured F(4x4) errors are <= 12 eps * max sum |w||x~| (~10x a direct float32 sum; F(2x2)
-~1.5x), well inside the conv tests' float32 tolerances (tests/ops/test_conv2d_winograd.py).
+Accuracy: the transforms' coefficients (up to 8 in A, 5/2 in B, 16/15 in G) amplify float32
+rounding: measured F(4x4) errors are <= 5 eps * max sum |w||x~| (2-4x a direct float32 sum,
+1-2e-6 of max |y|; F(2x2) ~1.5x), well inside the conv tests' float32 tolerances
+(tests/ops/test_conv2d_winograd.py).
 The dispatcher sends only float32 here; the kernels are dtype-generic and exact to 1e-12 in
 float64 (tested). A tile mixes its pixels, so an Inf or NaN input spreads NaN over its whole
 output tile rather than its 3x3 neighbourhood.
@@ -65,23 +66,28 @@ CHUNK_TILES = 256
 CHUNK_BYTES = 16 << 20
 
 # ----------------------------------------------------------------------- transform matrices
-# F(4x4, 3x3), interpolation points 0, 1, -1, 2, -2, inf (Lavin & Gray, eq. 15-17).
-BT4 = np.array([[4, 0, -5, 0, 1, 0],
-                [0, -4, -4, 1, 1, 0],
-                [0, 4, -4, -1, 1, 0],
+# F(4x4, 3x3) with interpolation points 0, 1, -1, 1/2, -2, inf (Toom-Cook: A^T[a, xi] = p^a,
+# G[xi, i] = p^i / prod_(q != p) (p - q), B^T solved from the identity). Lavin & Gray use 0, +-1,
+# +-2, inf; mixing 1/2 and -2 keeps the transform coefficients small in both directions and
+# cuts the float32 error 2-2.7x (Barabasz et al. 2020, arXiv 1803.10986; measured here: max
+# error / max |y| 1.9e-6 vs 5.1e-6 at C = 64, 1.7e-6 vs 3.4e-6 for ReLU inputs), for ~20% more
+# additions in the (memory-bound) transforms.
+BT4 = np.array([[1, -3 / 2, -2, 3 / 2, 1, 0],
+                [0, -1, 1 / 2, 5 / 2, 1, 0],
+                [0, 1, -5 / 2, 1 / 2, 1, 0],
                 [0, -2, -1, 2, 1, 0],
-                [0, 2, -1, -2, 1, 0],
-                [0, 4, 0, -5, 0, 1]], np.float64)
-G4 = np.array([[1 / 4, 0, 0],
-               [-1 / 6, -1 / 6, -1 / 6],
-               [-1 / 6, 1 / 6, -1 / 6],
-               [1 / 24, 1 / 12, 1 / 6],
-               [1 / 24, -1 / 12, 1 / 6],
+                [0, 1 / 2, -1, -1 / 2, 1, 0],
+                [0, 1, -3 / 2, -2, 3 / 2, 1]], np.float64)
+G4 = np.array([[1, 0, 0],
+               [1 / 3, 1 / 3, 1 / 3],
+               [-1 / 3, 1 / 3, -1 / 3],
+               [-16 / 15, -8 / 15, -4 / 15],
+               [1 / 15, -2 / 15, 4 / 15],
                [0, 0, 1]], np.float64)
 AT4 = np.array([[1, 1, 1, 1, 1, 0],
-                [0, 1, -1, 2, -2, 0],
-                [0, 1, 1, 4, 4, 0],
-                [0, 1, -1, 8, -8, 1]], np.float64)
+                [0, 1, -1, 1 / 2, -2, 0],
+                [0, 1, 1, 1 / 4, 4, 0],
+                [0, 1, -1, 1 / 8, -8, 1]], np.float64)
 # F(2x2, 3x3), points 0, 1, -1, inf.
 BT2 = np.array([[1, 0, -1, 0],
                 [0, 1, 1, 0],
@@ -128,34 +134,34 @@ def tile_size(OH, OW):
 def _bt4(s, i0, i1, i2, i3, i4, i5, d, o0, o1, o2, o3, o4, o5, n):
     # d_xi = sum_j BT4[xi, j] s_j
     f = d.dtype.type
-    c2, c4, c5 = f(2), f(4), f(5)
+    c2, c15, c25, ch = f(2), f(1.5), f(2.5), f(0.5)
     s0, s1, s2 = s[i0:i0 + n], s[i1:i1 + n], s[i2:i2 + n]
     s3, s4, s5 = s[i3:i3 + n], s[i4:i4 + n], s[i5:i5 + n]
     d0 = d[o0:o0 + n]
     for t in range(n):
-        d0[t] = c4 * s0[t] - c5 * s2[t] + s4[t]
+        d0[t] = s0[t] + s4[t] - c2 * s2[t] + c15 * (s3[t] - s1[t])
     d1 = d[o1:o1 + n]
     for t in range(n):
-        d1[t] = s3[t] + s4[t] - c4 * (s1[t] + s2[t])
+        d1[t] = s4[t] - s1[t] + ch * s2[t] + c25 * s3[t]
     d2 = d[o2:o2 + n]
     for t in range(n):
-        d2[t] = s4[t] - s3[t] + c4 * (s1[t] - s2[t])
+        d2[t] = s4[t] + s1[t] - c25 * s2[t] + ch * s3[t]
     d3 = d[o3:o3 + n]
     for t in range(n):
         d3[t] = s4[t] - s2[t] + c2 * (s3[t] - s1[t])
     d4 = d[o4:o4 + n]
     for t in range(n):
-        d4[t] = s4[t] - s2[t] + c2 * (s1[t] - s3[t])
+        d4[t] = s4[t] - s2[t] + ch * (s1[t] - s3[t])
     d5 = d[o5:o5 + n]
     for t in range(n):
-        d5[t] = c4 * s1[t] - c5 * s3[t] + s5[t]
+        d5[t] = s1[t] + s5[t] - c2 * s3[t] + c15 * (s4[t] - s2[t])
 
 
 @cpu_inline
 def _at4(s, i0, i1, i2, i3, i4, i5, d, o0, o1, o2, o3, n):
     # d_a = sum_xi AT4[a, xi] s_xi
     f = d.dtype.type
-    c2, c4, c8 = f(2), f(4), f(8)
+    c2, c4, c8, ch, cq, ce = f(2), f(4), f(8), f(0.5), f(0.25), f(0.125)
     s0, s1, s2 = s[i0:i0 + n], s[i1:i1 + n], s[i2:i2 + n]
     s3, s4, s5 = s[i3:i3 + n], s[i4:i4 + n], s[i5:i5 + n]
     d0 = d[o0:o0 + n]
@@ -163,20 +169,20 @@ def _at4(s, i0, i1, i2, i3, i4, i5, d, o0, o1, o2, o3, n):
         d0[t] = s0[t] + s1[t] + s2[t] + s3[t] + s4[t]
     d1 = d[o1:o1 + n]
     for t in range(n):
-        d1[t] = s1[t] - s2[t] + c2 * (s3[t] - s4[t])
+        d1[t] = s1[t] - s2[t] + ch * s3[t] - c2 * s4[t]
     d2 = d[o2:o2 + n]
     for t in range(n):
-        d2[t] = s1[t] + s2[t] + c4 * (s3[t] + s4[t])
+        d2[t] = s1[t] + s2[t] + cq * s3[t] + c4 * s4[t]
     d3 = d[o3:o3 + n]
     for t in range(n):
-        d3[t] = s1[t] - s2[t] + c8 * (s3[t] - s4[t]) + s5[t]
+        d3[t] = s1[t] - s2[t] + ce * s3[t] - c8 * s4[t] + s5[t]
 
 
 @cpu_inline
 def _a4(s, i0, i1, i2, i3, d, o0, o1, o2, o3, o4, o5, n):
     # d_xi = sum_a AT4[a, xi] s_a  (A = AT4^T: an output tile's gradient into the 6x6 domain)
     f = d.dtype.type
-    c2, c4, c8 = f(2), f(4), f(8)
+    c2, c4, c8, ch, cq, ce = f(2), f(4), f(8), f(0.5), f(0.25), f(0.125)
     s0, s1, s2, s3 = s[i0:i0 + n], s[i1:i1 + n], s[i2:i2 + n], s[i3:i3 + n]
     d0 = d[o0:o0 + n]
     for t in range(n):
@@ -189,7 +195,7 @@ def _a4(s, i0, i1, i2, i3, d, o0, o1, o2, o3, o4, o5, n):
         d2[t] = s0[t] - s1[t] + s2[t] - s3[t]
     d3 = d[o3:o3 + n]
     for t in range(n):
-        d3[t] = s0[t] + c2 * s1[t] + c4 * s2[t] + c8 * s3[t]
+        d3[t] = s0[t] + ch * s1[t] + cq * s2[t] + ce * s3[t]
     d4 = d[o4:o4 + n]
     for t in range(n):
         d4[t] = s0[t] - c2 * s1[t] + c4 * s2[t] - c8 * s3[t]
@@ -250,23 +256,24 @@ def _a2(s, i0, i1, d, o0, o1, o2, o3, n):
 def _g4(s, i0, i1, i2, d, o0, o1, o2, o3, o4, o5, n):
     # d_xi = sum_i G4[xi, i] s_i  (a filter's taps into the 6-point domain)
     f = d.dtype.type
-    c4, c6, c12, c24 = f(1 / 4), f(1 / 6), f(1 / 12), f(1 / 24)
+    c3, c15, c415 = f(1 / 3), f(1 / 15), f(4 / 15)
+    c2, c4 = f(2), f(4)
     s0, s1, s2 = s[i0:i0 + n], s[i1:i1 + n], s[i2:i2 + n]
     d0 = d[o0:o0 + n]
     for t in range(n):
-        d0[t] = c4 * s0[t]
+        d0[t] = s0[t]
     d1 = d[o1:o1 + n]
     for t in range(n):
-        d1[t] = -c6 * (s0[t] + s1[t] + s2[t])
+        d1[t] = c3 * (s0[t] + s1[t] + s2[t])
     d2 = d[o2:o2 + n]
     for t in range(n):
-        d2[t] = -c6 * (s0[t] - s1[t] + s2[t])
+        d2[t] = c3 * (s1[t] - s0[t] - s2[t])
     d3 = d[o3:o3 + n]
     for t in range(n):
-        d3[t] = c24 * s0[t] + c12 * s1[t] + c6 * s2[t]
+        d3[t] = -c415 * (c4 * s0[t] + c2 * s1[t] + s2[t])
     d4 = d[o4:o4 + n]
     for t in range(n):
-        d4[t] = c24 * s0[t] - c12 * s1[t] + c6 * s2[t]
+        d4[t] = c15 * (s0[t] - c2 * s1[t] + c4 * s2[t])
     d5 = d[o5:o5 + n]
     for t in range(n):
         d5[t] = s2[t]
@@ -276,18 +283,19 @@ def _g4(s, i0, i1, i2, d, o0, o1, o2, o3, o4, o5, n):
 def _gt4(s, i0, i1, i2, i3, i4, i5, d, o0, o1, o2, n):
     # d_i = sum_xi G4[xi, i] s_xi  (the 6-point domain back to the 3 taps: the weight gradient)
     f = d.dtype.type
-    c4, c6, c12, c24 = f(1 / 4), f(1 / 6), f(1 / 12), f(1 / 24)
+    c3, c15, c215, c415, c815, c1615 = f(1 / 3), f(1 / 15), f(2 / 15), f(4 / 15), f(8 / 15), \
+        f(16 / 15)
     s0, s1, s2 = s[i0:i0 + n], s[i1:i1 + n], s[i2:i2 + n]
     s3, s4, s5 = s[i3:i3 + n], s[i4:i4 + n], s[i5:i5 + n]
     d0 = d[o0:o0 + n]
     for t in range(n):
-        d0[t] = c4 * s0[t] - c6 * (s1[t] + s2[t]) + c24 * (s3[t] + s4[t])
+        d0[t] = s0[t] + c3 * (s1[t] - s2[t]) - c1615 * s3[t] + c15 * s4[t]
     d1 = d[o1:o1 + n]
     for t in range(n):
-        d1[t] = c6 * (s2[t] - s1[t]) + c12 * (s3[t] - s4[t])
+        d1[t] = c3 * (s1[t] + s2[t]) - c815 * s3[t] - c215 * s4[t]
     d2 = d[o2:o2 + n]
     for t in range(n):
-        d2[t] = c6 * (s3[t] + s4[t] - s1[t] - s2[t]) + s5[t]
+        d2[t] = c3 * (s1[t] - s2[t]) - c415 * (s3[t] - s4[t]) + s5[t]
 
 
 @cpu_inline
