@@ -1,7 +1,17 @@
-"""Numba CPU kernels for conv2d: im2col in Numba, GEMMs in BLAS.
+"""Numba CPU kernels for conv2d: im2col or Winograd transforms in Numba, GEMMs in BLAS.
 
 A GEMM written in Numba reaches only ~30% of OpenBLAS on these machines (NUMBA_NOTES §1.1), so
-the arithmetic goes to BLAS through ``np.matmul`` and Numba does the data movement:
+the arithmetic goes to BLAS through ``np.matmul`` and Numba does the data movement. Three paths:
+
+* float32, 3x3, stride 1, dilation 1, padding <= 2, C and K >= 16 (every VGG layer but the
+  first): Winograd F(4x4, 3x3) / F(2x2, 3x3), see winograd.py (4x / 2.25x fewer multiplies).
+* other float32 convs except 1x1 (the first layer, C = 1 or 3; strides; dilations): im2col and
+  one GEMM per image, run as tasks over fixed image ranges on a few threads (below: "per-image
+  GEMMs on tasks"), writing straight into the NCHW output.
+* float64 (gradient checks: exact, the reference path) and 1x1 convs: the chunked im2col path
+  described next.
+
+The chunked im2col path:
 
 * im2col copies, for a chunk of B images, every input pixel each kernel tap reads into a column
   matrix ``cols`` of shape (C*KH*KW, B, OH, OW): row (c, i, j) holds x̃[n, c, oh*sh + i*dh,
@@ -30,7 +40,9 @@ from numba import prange
 
 from nnkern._jit import cpu_inline, cpu_kernel
 from nnkern.ops._reduce import channel_sums
+from nnkern.ops.conv2d import winograd
 from nnkern.ops.conv2d._geometry import conv_geometry
+from nnkern.ops.conv2d._parallel import run_tasks, scratch, single_threaded_blas
 
 #: Target size of the im2col column buffer of one batch chunk (at least one image per chunk).
 COL_BUFFER_BYTES = 32 << 20
@@ -167,11 +179,88 @@ def _buffers(g, dtype, batch):
             np.empty(g.K * batch * L, dtype) if batch > 1 else None)
 
 
+# ------------------------------------------------------------ float32: per-image GEMMs on tasks
+# float32 convs that Winograd does not take (the first layer, C = 1 or 3; strides, dilations,
+# other kernel sizes) run as tasks over fixed ranges of images (see _parallel.py): each task
+# unpacks its images with the serial im2col kernel into a per-thread buffer small enough to
+# stay in L2, and multiplies image by image straight into the NCHW output,
+#     y[n] (K, L) = [w | b] (K, CKK + 1) @ [cols_n ; 1] (CKK + 1, L)   (bias as a ones row),
+# so there is no (K, B, L) -> (N, K, L) unpacking pass and no packing of dy. Backward per task:
+#     dw partial (K, CKK) = sum over its images of dy[n] @ cols_n.T, tasks summed in order,
+#     dcols_n = w.T @ dy[n] into the column buffer, then the serial gather-form col2im.
+
+#: Target size of one task's column buffer: a few images, L2-resident.
+TASK_COL_BYTES = 1 << 20
+
+
+def task_images(g, itemsize):
+    """Fixed image ranges of the per-image tasks (by shape only: thread-count independent)."""
+    per_image = (g.C * g.KH * g.KW + 1) * g.OH * g.OW * itemsize
+    B = max(1, min(g.N, TASK_COL_BYTES // per_image))
+    tasks = -(-g.N // B)                     # as few tasks as fit, of balanced sizes
+    return [(g.N * t // tasks, g.N * (t + 1) // tasks) for t in range(tasks)]
+
+
+def _columns(x, g, n0, n1, extra):
+    # im2col of images n0..n1-1 into this thread's buffer: (CKK + extra, nb, L)
+    ckk, nb, L = g.C * g.KH * g.KW, n1 - n0, g.OH * g.OW
+    cols = scratch("cols", (ckk + extra, nb, L), x.dtype)
+    _im2col_kernel.serial(x, n0, cols[:ckk].reshape(ckk, nb, g.OH, g.OW), g.KH, g.KW, g.sh,
+                          g.sw, g.pt, g.pl, g.dh, g.dw)
+    return cols
+
+
+def _forward_task(x, wb, y, g, n0, n1):
+    # y[n0:n1] (nb, K, L) = wb (K, CKK + 1) @ [cols; 1] per image
+    cols = _columns(x, g, n0, n1, 1)
+    cols[-1] = 1
+    np.matmul(wb, cols.transpose(1, 0, 2), out=y[n0:n1])
+
+
+def _backward_task(dy, x, wm, g, need_dx, dx, parts, t, n0, n1):
+    # parts[t] (K, CKK) = sum_n dy[n] @ cols_n.T; dx[n0:n1] by col2im of w.T @ dy[n]
+    cols = _columns(x, g, n0, n1, 0)
+    ct = cols.transpose(1, 0, 2)                               # (nb, CKK, L)
+    np.sum(np.matmul(dy[n0:n1], cols.transpose(1, 2, 0)), axis=0, out=parts[t])
+    if need_dx:
+        np.matmul(wm.T, dy[n0:n1], out=ct)                     # dcols, into the same buffer
+        _col2im_kernel.serial(cols.reshape(cols.shape[0], n1 - n0, g.OH, g.OW), n0, dx, g.KH,
+                              g.KW, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw)
+
+
+def _forward_tasks(x, w, b, g, y):
+    K = g.K
+    wb = np.empty((K, g.C * g.KH * g.KW + 1), x.dtype)
+    wb[:, :-1] = w.reshape(K, -1)
+    wb[:, -1] = 0 if b is None else b
+    yv = y.reshape(g.N, K, g.OH * g.OW)
+    with single_threaded_blas():
+        run_tasks([(_forward_task, x, wb, yv, g, n0, n1) for n0, n1 in task_images(g, x.itemsize)])
+    return y
+
+
+def _backward_tasks(dy, x, w, g, need_dx, dx, dw):
+    K, L = g.K, g.OH * g.OW
+    wm = w.reshape(K, -1)
+    tasks = task_images(g, x.itemsize)
+    parts = np.empty((len(tasks), K, wm.shape[1]), x.dtype)
+    dyv = dy.reshape(g.N, K, L)
+    with single_threaded_blas():
+        run_tasks([(_backward_task, dyv, x, wm, g, need_dx, dx, parts, t, n0, n1)
+                   for t, (n0, n1) in enumerate(tasks)])
+    np.sum(parts, axis=0, out=dw.reshape(K, -1))               # fixed order over tasks
+    return dx, dw
+
+
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, *, out=None):
     g = conv_geometry("conv2d_forward", x.shape, w.shape, stride, padding, dilation)
     N, K, L = g.N, g.K, g.OH * g.OW
     y = np.empty((N, K, g.OH, g.OW), x.dtype) if out is None else out
     yv = y.reshape(N, K, L)
+    if winograd.applicable(g, x.dtype):
+        return winograd.forward(x, w, b, g, y)
+    if x.dtype == np.float32 and not g.pointwise:
+        return _forward_tasks(x, w, b, g, y)
     wm = w.reshape(K, -1)                                   # (K, C*KH*KW)
     if g.pointwise:
         np.matmul(wm, x.reshape(N, g.C, L), out=yv)         # y[n] = w (K, C) @ x[n] (C, HW)
@@ -211,6 +300,14 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, *, has_bias=True,
     if has_bias:
         db = channel_sums(dyv, np.empty(K, x.dtype) if db_out is None else db_out)
     dw = np.empty_like(w) if dw_out is None else dw_out
+    if winograd.applicable(g, x.dtype):
+        dx = (np.empty_like(x) if dx_out is None else dx_out) if need_dx else None
+        winograd.backward(dy, x, w, g, dx, dw)
+        return dx, dw, db
+    if x.dtype == np.float32 and not g.pointwise:
+        dx = (np.empty_like(x) if dx_out is None else dx_out) if need_dx else None
+        _backward_tasks(dy, x, w, g, need_dx, dx, dw)
+        return dx, dw, db
     dwm = dw.reshape(K, ckk)
     dx = None
     if need_dx:
