@@ -3,6 +3,8 @@
 import numpy as np
 
 from nnkern import init as initializers
+from nnkern.backend import CPU
+from nnkern.ops._dispatch import _CPU_MODULE, impl
 
 
 def make_rng(rng):
@@ -40,3 +42,15 @@ def check_features(layer, what, got, expected, shape):
     if got != expected:
         raise ValueError(f"{type(layer).__name__}: expected input with {expected} {what}, got "
                          f"{got} (input shape {tuple(shape)})")
+
+
+def cpu_backend(package):
+    """The CPU backend module of op package ``nnkern.ops.<package>`` (its NumPy reference under
+    ``NNKERN_BACKEND=ref``). Layers call it directly on their fast path: once a call with the
+    same per-sample shape, dtype and parameters went through the validating op, the checks
+    would only repeat themselves."""
+    return impl(f"nnkern.ops.{package}", CPU)
+
+
+#: The fused kernels (bias + ReLU, batch norm + ReLU) exist in the Numba backends only.
+FUSION = _CPU_MODULE == "cpu"

@@ -22,6 +22,7 @@ import math
 import numpy as np
 from numba import prange
 
+from nnkern import _jit
 from nnkern._jit import cpu_inline, cpu_kernel
 
 #: fixed chunk count of sum_squares: the float64 partial sums merge in a fixed order
@@ -79,6 +80,76 @@ def sgd_update(p, g, buf=None, *, lr, momentum=0.0, dampening=0.0, nesterov=Fals
     p = _flat(p)
     _sgd_kernel.for_size(p.size)(p, _flat(g), _state(buf, p.dtype), lr, momentum, dampening,
                                  nesterov, weight_decay, l1, first)
+
+
+# ---- SGD over many tensors at once -----------------------------------------------------------
+#: Elements per prange iteration of the multi-tensor kernels (fixed: the split does not depend
+#: on the thread count; elementwise, so it does not change any value either).
+MULTI_BLOCK = 16384
+
+
+@cpu_inline
+def _sgd_run(p, g, buf, lr_, wd, l1_, mu, keep, use_wd, use_l1, use_mom, nesterov, first):
+    # one contiguous run of one tensor: _sgd_kernel's body, the same operations in the same order
+    for i in range(p.shape[0]):
+        pi = p[i]
+        d = g[i]
+        if use_wd:
+            d = d + wd * pi
+        if use_l1:
+            d = d + l1_ * np.sign(pi)
+        if use_mom:
+            b = d if first else mu * buf[i] + keep * d
+            buf[i] = b
+            d = d + mu * b if nesterov else b
+        p[i] = pi - lr_ * d
+
+
+@cpu_kernel
+def _sgd_multi_kernel(ps, gs, bufs, starts, firsts, lr, momentum, dampening, nesterov,
+                      weight_decay, l1):
+    # ps, gs, bufs: typed lists of T flat (n_t,) arrays of one dtype (bufs[t] is (0,) when
+    # momentum == 0); starts: (T + 1,) int64 offsets of each tensor in their concatenation;
+    # firsts: (T,) bool, the first step of tensor t. The concatenation is cut into blocks of
+    # MULTI_BLOCK elements, one prange iteration each, whatever the sizes of the tensors.
+    p0 = ps[0]
+    lr_ = p0.dtype.type(lr)
+    wd = p0.dtype.type(weight_decay)
+    l1_ = p0.dtype.type(l1)
+    mu = p0.dtype.type(momentum)
+    keep = p0.dtype.type(1.0 - dampening)
+    use_wd = weight_decay != 0.0
+    use_l1 = l1 != 0.0
+    use_mom = momentum != 0.0
+    total = starts[starts.shape[0] - 1]
+    for blk in prange((total + MULTI_BLOCK - 1) // MULTI_BLOCK):
+        lo = blk * MULTI_BLOCK
+        hi = min(total, lo + MULTI_BLOCK)
+        t = np.searchsorted(starts, lo, side="right") - 1
+        while lo < hi:
+            off = starts[t]
+            end = min(hi, starts[t + 1])
+            a, b = lo - off, end - off
+            buf = bufs[t]
+            _sgd_run(ps[t][a:b], gs[t][a:b], buf[a:b] if use_mom else buf, lr_, wd, l1_, mu,
+                     keep, use_wd, use_l1, use_mom, nesterov, firsts[t])
+            lo = end
+            t += 1
+
+
+def sgd_update_multi(ps, gs, bufs, starts, firsts, *, lr, momentum=0.0, dampening=0.0,
+                     nesterov=False, weight_decay=0.0, l1=0.0):
+    """``sgd_update`` of many tensors in one call: ps, gs, bufs are ``numba.typed.List``s of
+    flat C-contiguous arrays of one float dtype (bufs entries empty when momentum == 0),
+    starts the int64 prefix sums of their sizes, firsts a bool array (the first step of each).
+    The same values as one ``sgd_update`` per tensor. Parallel only from 8 x PARALLEL_MIN_WORK
+    elements: an update streams five arrays at L2 speed, and a parallel region costs more than
+    it saves below that when the other core is busy (measured: 78 400 parameters, 16 µs
+    serially, 0.36 ms in parallel on a loaded 2-core machine)."""
+    total = int(starts[-1])
+    kernel = _sgd_multi_kernel.parallel if total >= 8 * _jit.PARALLEL_MIN_WORK \
+        else _sgd_multi_kernel.serial
+    kernel(ps, gs, bufs, starts, firsts, lr, momentum, dampening, nesterov, weight_decay, l1)
 
 
 # ---- AdaGrad --------------------------------------------------------------------------------
