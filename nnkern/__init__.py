@@ -28,6 +28,7 @@ from nnkern import datasets, functional, init, layers, losses, models, optim  # 
 from nnkern.backend import cuda_available, to_device  # noqa: E402
 from nnkern.init import manual_seed  # noqa: E402
 from nnkern.model import Sequential, load, save  # noqa: E402
+from nnkern.runtime import get_num_threads, set_num_threads, thread_info, warmup  # noqa: E402
 from nnkern.training import (  # noqa: E402
     Callback,
     Checkpoint,
@@ -41,4 +42,4 @@ from nnkern.training import (  # noqa: E402
 __all__ = ["datasets", "functional", "init", "layers", "losses", "models", "optim",
            "Sequential", "load", "save", "manual_seed", "cuda_available", "to_device", "fit",
            "evaluate", "History", "Callback", "EarlyStopping", "Checkpoint", "LambdaCallback",
-           "__version__"]
+           "warmup", "set_num_threads", "get_num_threads", "thread_info", "__version__"]

@@ -14,6 +14,7 @@ import tempfile
 import numpy as np
 
 from nnkern.backend import CPU, check_device
+from nnkern.layers._common import fusion
 from nnkern.layers.base import Layer, layer_class
 
 FORMAT = "nnkern-model"
@@ -220,7 +221,7 @@ class _Fused:
     def forward(self, x, training):
         first, relu = self.first, self.relu
         x = first._prepare_input(x)
-        if relu._checked is not None and first._fast(x) and relu.device == CPU:
+        if relu._checked is not None and first._fast(x) and relu.device == CPU and fusion():
             y = self._fused_forward(x, training)
             first._has_forward = relu._has_forward = True
             relu._x = relu._y = y
@@ -256,7 +257,6 @@ class _BatchNormReLU(_Fused):
 
 
 def _plan(layers, fuse):
-    from nnkern.layers._common import FUSION
     from nnkern.layers.activation import ReLU
     from nnkern.layers.dense import Dense
     from nnkern.layers.normalization import BatchNorm1D, BatchNorm2D
@@ -264,7 +264,7 @@ def _plan(layers, fuse):
     steps, i = [], 0
     while i < len(layers):
         layer = layers[i]
-        fused = pairs.get(type(layer)) if fuse and FUSION else None
+        fused = pairs.get(type(layer)) if fuse else None
         if fused is not None and i + 1 < len(layers) and type(layers[i + 1]) is ReLU:
             steps.append(fused(layer, layers[i + 1], i))
             i += 2

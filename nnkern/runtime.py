@@ -35,10 +35,10 @@ import os
 import threading
 import time
 
-import numba
 import numpy as np
 
-from nnkern import _jit
+# numba (and nnkern._jit, which imports it) are imported inside the functions: importing
+# nnkern stays free of Numba's import time until a kernel or one of these controls is used.
 
 __all__ = ["set_num_threads", "get_num_threads", "max_threads", "thread_info", "matmul",
            "warmup", "WarmupReport", "BLAS_SERIAL_MAX_WORK"]
@@ -54,6 +54,7 @@ BLAS_SERIAL_MAX_WORK = int(os.environ.get("NNKERN_BLAS_SERIAL_MAX_WORK", str(1 <
 
 def max_threads():
     """The most threads Numba can use in this process (``NUMBA_NUM_THREADS``, read at import)."""
+    import numba
     return int(numba.config.NUMBA_NUM_THREADS)
 
 
@@ -91,6 +92,7 @@ def set_num_threads(n):
                          f"{limit} is NUMBA_NUM_THREADS, which Numba reads when it is imported "
                          "and which set_num_threads cannot raise (set the environment variable "
                          "before importing nnkern)")
+    import numba
     numba.set_num_threads(n)
     _load_scipy_blas()
     for lc in _blas_controllers():
@@ -100,6 +102,7 @@ def set_num_threads(n):
 def get_num_threads():
     """The number of threads Numba's parallel kernels use in the calling Python thread (what
     :func:`set_num_threads` set, else ``NUMBA_NUM_THREADS``)."""
+    import numba
     return int(numba.get_num_threads())
 
 
@@ -107,6 +110,9 @@ def thread_info():
     """Every pool and its size: ``{"numba": {"threads", "max_threads", "threading_layer"},
     "blas": [{"library", "internal_api", "threading_layer", "threads"}, ...],
     "parallel_min_work": ..., "blas_serial_max_work": ...}``."""
+    import numba
+
+    from nnkern import _jit
     try:
         layer = numba.threading_layer()
     except ValueError:  # no parallel kernel has run yet
@@ -215,6 +221,8 @@ def _dispatchers():
     import sys
 
     from numba.core.dispatcher import Dispatcher
+
+    from nnkern import _jit
     found = {}
     for name, module in list(sys.modules.items()):
         if module is None or not name.startswith("nnkern."):
@@ -254,6 +262,9 @@ def warmup(ops=None, *, dtypes=("float32",), parallel=True, serial=True, verbose
     dtype; with an empty one, minutes (every kernel compiles). Not thread-safe: run it before
     starting threads that use nnkern (it switches ``PARALLEL_MIN_WORK`` while it runs).
     """
+    import numba
+
+    from nnkern import _jit
     table = _exercises()
     if ops is None:
         names = list(table)

@@ -4,7 +4,7 @@ import numpy as np
 
 from nnkern import init as initializers
 from nnkern.backend import CPU
-from nnkern.ops._dispatch import _CPU_MODULE, impl
+from nnkern.ops import _dispatch
 
 
 def make_rng(rng):
@@ -49,8 +49,10 @@ def cpu_backend(package):
     ``NNKERN_BACKEND=ref``). Layers call it directly on their fast path: once a call with the
     same per-sample shape, dtype and parameters went through the validating op, the checks
     would only repeat themselves."""
-    return impl(f"nnkern.ops.{package}", CPU)
+    return _dispatch.impl(f"nnkern.ops.{package}", CPU)
 
 
-#: The fused kernels (bias + ReLU, batch norm + ReLU) exist in the Numba backends only.
-FUSION = _CPU_MODULE == "cpu"
+def fusion():
+    """True when the CPU backends are the Numba ones, which have the fused kernels (bias +
+    ReLU, batch norm + ReLU); not under ``NNKERN_BACKEND=ref``."""
+    return _dispatch._CPU_MODULE == "cpu"

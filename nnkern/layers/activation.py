@@ -17,13 +17,10 @@ class _Activation(Layer):
         self._x = x
         if self._checked is not None and x.ndim >= self.MIN_NDIM and x.size \
                 and type(x) is np.ndarray:
-            self._y = self._cpu_forward(x, **self.config)
+            self._y = getattr(cpu_backend("activation"), self.OP + "_forward")(x, **self.config)
             return self._y
         self._y = getattr(F, self.OP + "_forward")(x, **self.config)
         if type(x) is np.ndarray:  # the op validated self.config: later calls skip the checks
-            backend = cpu_backend("activation")
-            self._cpu_forward = getattr(backend, self.OP + "_forward")
-            self._cpu_backward = getattr(backend, self.OP + "_backward")
             self._checked = True
         return self._y
 
@@ -31,7 +28,8 @@ class _Activation(Layer):
         x = self._x
         if self._checked is not None and type(dy) is np.ndarray and type(x) is np.ndarray \
                 and dy.shape == x.shape and dy.dtype == x.dtype:
-            return self._cpu_backward(dy, x, self._y, **self.config)
+            return getattr(cpu_backend("activation"), self.OP + "_backward")(dy, x, self._y,
+                                                                            **self.config)
         return getattr(F, self.OP + "_backward")(dy, x, self._y, **self.config)
 
 

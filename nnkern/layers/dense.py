@@ -38,7 +38,7 @@ class Dense(Layer):
     def _forward(self, x, training):
         if self._fast(x):
             self._x = x
-            return self._cpu.dense_forward(x, self.weight.data,
+            return cpu_backend("dense").dense_forward(x, self.weight.data,
                                            None if self.bias is None else self.bias.data)
         check_input_rank(self, x, (2,), "2-D (N, in_features)")
         check_features(self, "features", x.shape[1], self.config["in_features"], x.shape)
@@ -46,7 +46,6 @@ class Dense(Layer):
         y = F.dense_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
         if type(x) is np.ndarray:  # validated: the same per-sample shape can skip the checks
             self._checked = x.shape[1:]
-            self._cpu = cpu_backend("dense")
         return y
 
     def _fast(self, x):
@@ -57,7 +56,7 @@ class Dense(Layer):
         """max(x @ w.T + b, 0) in one pass over y (Sequential's fused Dense -> ReLU; needs
         ``_fast(x)``). Returns y; backward then takes the ReLU's output gradient."""
         self._x = x
-        self._relu_y = y = self._cpu.dense_forward(
+        self._relu_y = y = cpu_backend("dense").dense_forward(
             x, self.weight.data, None if self.bias is None else self.bias.data, relu=True)
         return y
 
@@ -70,9 +69,10 @@ class Dense(Layer):
         if self._checked is not None and type(dy) is np.ndarray and type(x) is np.ndarray \
                 and dy.shape == (x.shape[0], self.config["out_features"]) \
                 and dy.dtype == x.dtype:
-            dx, _, _ = self._cpu.dense_backward(dy, x, self.weight.data, has_bias=bias is not None,
-                                                need_dx=self.needs_input_grad, out=out,
-                                                **({} if relu_y is None else {"relu_y": relu_y}))
+            extra = {} if relu_y is None else {"relu_y": relu_y}
+            dx, _, _ = cpu_backend("dense").dense_backward(
+                dy, x, self.weight.data, has_bias=bias is not None,
+                need_dx=self.needs_input_grad, out=out, **extra)
             return dx
         dx, _, _ = F.dense_backward(dy, x, self.weight.data, has_bias=bias is not None,
                                     need_dx=self.needs_input_grad, out=out)

@@ -11,11 +11,11 @@ import numpy as np
 
 from nnkern import functional as F
 from nnkern.layers._common import (
-    FUSION,
     check_features,
     check_input_rank,
     check_positive_int,
     cpu_backend,
+    fusion,
 )
 from nnkern.layers.base import Layer
 
@@ -94,12 +94,12 @@ class _BatchNorm(Layer):
         momentum = 0.0 if momentum is None else momentum
         coef = None
         if fast and (not use_batch_stats or x.size > x.shape[1]):  # > 1 value per channel
-            if FUSION:
-                y, mean, inv_std, coef = self._cpu.forward(
+            if fusion():
+                y, mean, inv_std, coef = cpu_backend("batch_norm").forward(
                     x4, gamma, beta, *running, use_batch_stats, momentum, self.config["eps"],
                     relu)
             else:
-                y, mean, inv_std = self._cpu.batch_norm_forward(
+                y, mean, inv_std = cpu_backend("batch_norm").batch_norm_forward(
                     x4, gamma, beta, *running, training=use_batch_stats, momentum=momentum,
                     eps=self.config["eps"])
         else:
@@ -108,7 +108,6 @@ class _BatchNorm(Layer):
                 eps=self.config["eps"])
             if type(x) is np.ndarray:  # validated: the same per-sample shape skips the checks
                 self._checked = x.shape[1:]
-                self._cpu = cpu_backend("batch_norm")
         self._x, self._batch_stats, self._coef = x4, use_batch_stats, coef
         self._mean, self._inv_std = mean, inv_std
         return y.reshape(x.shape)
@@ -126,11 +125,12 @@ class _BatchNorm(Layer):
                 and dy.size == x.size and dy.dtype == x.dtype \
                 and (dy.shape == x.shape or dy.shape == x.shape[:3]):
             dy4 = dy if dy.ndim == x.ndim else dy.reshape(x.shape)
-            if FUSION:
-                dx, _, _ = self._cpu.backward(dy4, x, gamma, self._mean, self._inv_std,
-                                              self._batch_stats, relu, self._coef, out)
+            if fusion():
+                dx, _, _ = cpu_backend("batch_norm").backward(
+                    dy4, x, gamma, self._mean, self._inv_std, self._batch_stats, relu,
+                    self._coef, out)
             else:
-                dx, _, _ = self._cpu.batch_norm_backward(dy4, x, gamma, self._mean,
+                dx, _, _ = cpu_backend("batch_norm").batch_norm_backward(dy4, x, gamma, self._mean,
                                                          self._inv_std,
                                                          training=self._batch_stats, out=out)
             return dx.reshape(dy.shape)

@@ -32,7 +32,6 @@ class _Pool2D(Layer):
     def _validated(self, x, y):
         if type(x) is np.ndarray:
             self._checked = (x.shape[1:], y.shape[1:])
-            self._cpu = cpu_backend("pool2d")
 
     def _fast_grad(self, dy):
         return self._checked is not None and type(dy) is np.ndarray \
@@ -60,7 +59,7 @@ class MaxPool2D(_Pool2D):
     def _forward(self, x, training):
         if self._fast(x):
             c = self.config
-            y, self._argmax = self._cpu.max_pool2d_forward(
+            y, self._argmax = cpu_backend("pool2d").max_pool2d_forward(
                 x, c["kernel_size"], c["stride"], c["padding"], c["dilation"], c["ceil_mode"])
         else:
             check_input_rank(self, x, (4,), "4-D (N, C, H, W)")
@@ -71,7 +70,7 @@ class MaxPool2D(_Pool2D):
 
     def _backward(self, dy):
         if self._fast_grad(dy):
-            return self._cpu.max_pool2d_backward(dy, self._argmax, self._x_shape)
+            return cpu_backend("pool2d").max_pool2d_backward(dy, self._argmax, self._x_shape)
         return F.max_pool2d_backward(dy, self._argmax, self._x_shape)
 
 
@@ -88,8 +87,9 @@ class AvgPool2D(_Pool2D):
         self._x_shape = x.shape
         c = self.config
         if self._fast(x):
-            return self._cpu.avg_pool2d_forward(x, c["kernel_size"], c["stride"], c["padding"],
-                                                c["ceil_mode"], c["count_include_pad"])
+            return cpu_backend("pool2d").avg_pool2d_forward(
+                x, c["kernel_size"], c["stride"], c["padding"], c["ceil_mode"],
+                c["count_include_pad"])
         check_input_rank(self, x, (4,), "4-D (N, C, H, W)")
         y = F.avg_pool2d_forward(x, **self.config)
         self._validated(x, y)
@@ -98,7 +98,7 @@ class AvgPool2D(_Pool2D):
     def _backward(self, dy):
         c = self.config
         if self._fast_grad(dy):
-            return self._cpu.avg_pool2d_backward(dy, self._x_shape, c["kernel_size"],
+            return cpu_backend("pool2d").avg_pool2d_backward(dy, self._x_shape, c["kernel_size"],
                                                  c["stride"], c["padding"], c["ceil_mode"],
                                                  c["count_include_pad"])
         return F.avg_pool2d_backward(dy, self._x_shape, **self.config)

@@ -1,0 +1,67 @@
+"""Multi-tensor optimizer steps on the CPU: one kernel call per parameter group instead of one
+per parameter.
+
+For a small model the per-parameter loop of ``Optimizer.step`` (state look-up, a kernel
+dispatch and the hyperparameter plumbing for each of its tensors) costs more than the update
+arithmetic. From the second step on (the first allocates the state: the per-parameter path),
+``sgd_step`` binds every parameter's state as ``Optimizer.step`` would (the same checks), then
+updates each group with ``sgd_update_multi`` over a table of the group's arrays, built once and
+rebuilt when any of them is replaced. The values are those of the per-parameter kernel, bit
+for bit (same loops, same choice of serial or parallel variant), so a run may switch paths, e.g.
+when resumed from a state dict, without changing any result. It returns False without
+updating anything when it does not apply (a parameter on the GPU or zero-sized, mixed dtypes
+in a group, a momentum buffer not allocated yet), and the caller then runs the per-parameter
+step.
+"""
+
+from nnkern.backend import CPU
+from nnkern.ops import _dispatch
+from nnkern.optim.base import clip_grad_norm
+
+
+def sgd_step(opt):
+    """One step of SGD ``opt`` through the multi-tensor kernel; False when it does not apply."""
+    if _dispatch._CPU_MODULE != "cpu":  # NNKERN_BACKEND=ref: the per-parameter reference path
+        return False
+    plan = []
+    for index, group in enumerate(opt.param_groups):
+        h = opt._hyper(index, group)
+        states = []
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if st is None or st.data is not p.data or st.grad is not p.grad:
+                if 0 in tuple(p.data.shape):
+                    return False
+                st = opt._sync(p, st)  # validates and binds, as Optimizer.step does
+            if st.device != CPU:
+                return False
+            states.append(st)
+        if not states:
+            continue
+        if any(st.dtype != states[0].dtype for st in states):
+            return False
+        if h.momentum != 0.0 and any(st.bufs[0] is None for st in states):
+            return False  # a first step (buf = d): the per-parameter path allocates
+        plan.append((index, h, states))
+    if opt.clip_norm is not None:
+        clip_grad_norm(opt._all_params(), opt.clip_norm)
+    cpu = _dispatch.impl("nnkern.ops.update", CPU)
+    tables = opt.__dict__.setdefault("_multi_tables", {})
+    base_lr = opt.lr
+    for index, h, states in plan:
+        ps = [st.p for st in states]
+        gs = [st.g for st in states]
+        bufs = [st.bufs[0] for st in states] if h.momentum != 0.0 else None
+        table = tables.get(index)
+        if table is None or not table.holds(ps, gs, bufs):
+            table = tables[index] = cpu.TensorTable(ps, gs, bufs)
+        for st in states:
+            st.step += 1
+        cpu.sgd_update_multi(table, lr=base_lr * h.lr_mult, momentum=h.momentum,
+                             dampening=h.dampening, nesterov=h.nesterov,
+                             weight_decay=h.weight_decay, l1=h.l1)
+        if h.max_norm is not None:
+            for st in states:
+                if len(st.shape) >= 2:
+                    st.backend.max_norm_update(st.data, h.max_norm)
+    return True
