@@ -23,11 +23,18 @@ def sgd_step(opt):
     """One step of SGD ``opt`` through the multi-tensor kernel; False when it does not apply."""
     if _dispatch._CPU_MODULE != "cpu":  # NNKERN_BACKEND=ref: the per-parameter reference path
         return False
+    cache = opt.__dict__.setdefault("_multi_cache", {})
     plan = []
     for index, group in enumerate(opt.param_groups):
         h = opt._hyper(index, group)
+        params = group["params"]
+        hit = cache.get(index)
+        if hit is not None and hit[0] == params and (h.momentum != 0.0) == (hit[4] is not None) \
+                and _bound(opt, hit):
+            plan.append((h, hit))
+            continue
         states = []
-        for p in group["params"]:
+        for p in params:
             st = opt.state.get(p)
             if st is None or st.data is not p.data or st.grad is not p.grad:
                 if 0 in tuple(p.data.shape):
@@ -40,28 +47,41 @@ def sgd_step(opt):
             continue
         if any(st.dtype != states[0].dtype for st in states):
             return False
-        if h.momentum != 0.0 and any(st.bufs[0] is None for st in states):
+        momentum = h.momentum != 0.0
+        if momentum and any(st.bufs[0] is None for st in states):
             return False  # a first step (buf = d): the per-parameter path allocates
-        plan.append((index, h, states))
+        table = _dispatch.impl("nnkern.ops.update", CPU).TensorTable(
+            [st.p for st in states], [st.g for st in states],
+            [st.bufs[0] for st in states] if momentum else None)
+        hit = cache[index] = (list(params), states, [st.data for st in states],
+                              [st.grad for st in states],
+                              [st.bufs[0] for st in states] if momentum else None, table)
+        plan.append((h, hit))
     if opt.clip_norm is not None:
         clip_grad_norm(opt._all_params(), opt.clip_norm)
-    cpu = _dispatch.impl("nnkern.ops.update", CPU)
-    tables = opt.__dict__.setdefault("_multi_tables", {})
+    update = _dispatch.impl("nnkern.ops.update", CPU).sgd_update_multi
     base_lr = opt.lr
-    for index, h, states in plan:
-        ps = [st.p for st in states]
-        gs = [st.g for st in states]
-        bufs = [st.bufs[0] for st in states] if h.momentum != 0.0 else None
-        table = tables.get(index)
-        if table is None or not table.holds(ps, gs, bufs):
-            table = tables[index] = cpu.TensorTable(ps, gs, bufs)
+    for h, (_, states, _, _, _, table) in plan:
         for st in states:
             st.step += 1
-        cpu.sgd_update_multi(table, lr=base_lr * h.lr_mult, momentum=h.momentum,
-                             dampening=h.dampening, nesterov=h.nesterov,
-                             weight_decay=h.weight_decay, l1=h.l1)
+        update(table, lr=base_lr * h.lr_mult, momentum=h.momentum, dampening=h.dampening,
+               nesterov=h.nesterov, weight_decay=h.weight_decay, l1=h.l1)
         if h.max_norm is not None:
             for st in states:
                 if len(st.shape) >= 2:
                     st.backend.max_norm_update(st.data, h.max_norm)
+    return True
+
+
+def _bound(opt, hit):
+    """The cached group is still bound: same state objects, same parameter storage, gradients
+    and buffers (identity)."""
+    params, states, datas, grads, bufs, _ = hit
+    state = opt.state
+    for i, p in enumerate(params):
+        st = state.get(p)
+        if st is not states[i] or p._data is not datas[i] or p.grad is not grads[i] \
+                or st.data is not datas[i] or st.grad is not grads[i] \
+                or (bufs is not None and st.bufs[0] is not bufs[i]):
+            return False
     return True
