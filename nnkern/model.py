@@ -85,13 +85,23 @@ class Sequential(Layer):
         if not self._has_forward:
             raise RuntimeError("Sequential.backward called before forward")
         steps = self._ran
+        # A step needs its input gradient if the model's input needs one or a step before it
+        # has parameters: layers in front of the first trainable one (an MLP's Flatten) get
+        # none, so that one skips its dx (e.g. a 64x100 @ 100x784 GEMM), as torch does.
+        needed = need_input_grad
+        flags = []
+        for step in steps:
+            flags.append(needed)
+            needed = needed or step.trainable
         for i in range(len(steps) - 1, -1, -1):
             step = steps[i]
-            step.first.needs_input_grad = need_input_grad or step.index > 0
+            if not flags[i] and not step.trainable:
+                return None  # nothing below this step needs a gradient
+            step.first.needs_input_grad = flags[i]
             dy = step.backward(dy)
             if dy is None:
                 break
-        return dy
+        return dy if need_input_grad else None
 
     # -- state, mode, device -------------------------------------------------------------------
     def named_parameters(self, prefix=""):
@@ -197,12 +207,14 @@ class Sequential(Layer):
 
 
 class _Single:
-    """A step of one layer."""
-    __slots__ = ("first", "index", "forward", "backward")
+    """A step of one layer. ``trainable``: it has parameters (checked when the step list is
+    built)."""
+    __slots__ = ("first", "index", "forward", "backward", "trainable")
 
     def __init__(self, layer, index):
         self.first, self.index = layer, index
         self.forward, self.backward = layer.forward, layer.backward
+        self.trainable = bool(layer.parameters())
 
 
 class _Fused:
@@ -212,11 +224,12 @@ class _Fused:
     leave: the ReLU keeps its output as both its input and output (x > 0 exactly where
     relu(x) > 0, so its own backward still works), the first layer its input and statistics.
     """
-    __slots__ = ("first", "relu", "index", "fused")
+    __slots__ = ("first", "relu", "index", "fused", "trainable")
 
     def __init__(self, first, relu, index):
         self.first, self.relu, self.index = first, relu, index
         self.fused = False
+        self.trainable = bool(first.parameters())
 
     def forward(self, x, training):
         first, relu = self.first, self.relu
