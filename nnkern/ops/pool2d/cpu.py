@@ -162,8 +162,8 @@ def _max_pool2x2_fwd_kernel(x, y, argmax):
     izero = np.int32(0)
     chunks = min(p_, _SCRATCH_CHUNKS)
     for ch in prange(chunks):
-        col_v = np.empty(oh_ * w_, x.dtype)  # per column of each row pair: the pick ...
-        col_i = np.empty(oh_ * w_, np.int32)  # ... and its index h*W + w in the plane
+        col_v = np.empty(n_out * 2, x.dtype)  # per column of each row pair: the pick ...
+        col_i = np.empty(n_out * 2, np.int32)  # ... and its index h*W + w in the plane
         for p in range(ch * p_ // chunks, (ch + 1) * p_ // chunks):
             xp = x[p]
             if ow_ >= _WIDE_ROWS:
@@ -192,13 +192,13 @@ def _max_pool2x2_fwd_kernel(x, y, argmax):
                         y_run[ow] = best
                         a_run[ow] = where
                 continue
-            for oh in range(oh_):  # pass 1: down each column of row pair oh
-                top = xp[2 * oh]
+            for oh in range(oh_):  # pass 1: down each column of row pair oh (an odd last
+                top = xp[2 * oh]   # column is in no window): (OH, 2 OW) buffers
                 bottom = xp[2 * oh + 1]
-                v_run = col_v[oh * w_:(oh + 1) * w_]
-                i_run = col_i[oh * w_:(oh + 1) * w_]
+                v_run = col_v[oh * 2 * ow_:(oh + 1) * 2 * ow_]
+                i_run = col_i[oh * 2 * ow_:(oh + 1) * 2 * ow_]
                 base = np.int32(2 * oh) * wi
-                for w in range(w_):
+                for w in range(2 * ow_):
                     a = top[w]
                     c = bottom[w]
                     take = (c > a) | (c != c)
@@ -240,8 +240,8 @@ def _max_pool2x2_bwd_kernel(dy, argmax, dx, bad):
     chunks = min(p_, _SCRATCH_CHUNKS)
     for ch in prange(chunks):
         corner = _window_corners(oh_, ow_, w_)
-        col_g = np.empty(oh_ * w_, dx.dtype)
-        col_r = np.empty(oh_ * w_, np.int32)
+        col_g = np.empty(n_out * 2, dx.dtype)  # (OH, 2 OW): per column of each row pair
+        col_r = np.empty(n_out * 2, np.int32)
         for p in range(ch * p_ // chunks, (ch + 1) * p_ // chunks):
             g_p = dy[p].reshape(n_out)
             a_p = argmax[p].reshape(n_out)
@@ -275,8 +275,8 @@ def _max_pool2x2_bwd_kernel(dy, argmax, dx, bad):
                 for oh in range(oh_):  # pass 2: along each row pair
                     d0 = dxp[2 * oh]
                     d1 = dxp[2 * oh + 1]
-                    g_run = col_g[oh * w_:(oh + 1) * w_]
-                    r_run = col_r[oh * w_:(oh + 1) * w_]
+                    g_run = col_g[oh * 2 * ow_:(oh + 1) * 2 * ow_]
+                    r_run = col_r[oh * 2 * ow_:(oh + 1) * 2 * ow_]
                     for w in range(2 * ow_):
                         g = g_run[w]
                         r = r_run[w]
