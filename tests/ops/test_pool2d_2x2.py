@@ -2,8 +2,8 @@
 
 Ties, NaNs and signed zeros must give the general kernel's argmax (the first maximum in
 row-major window order; a NaN wins, a later NaN over an earlier one), for narrow rows (the
-two-pass form) and wide rows alike; the gather-form backward must fall back to the scatter
-when an argmax lies outside its 2x2 window.
+two-pass form) and wide rows alike; the backward (a scatter) must accept any argmax inside the
+plane, e.g. from a 3x3 window with the same output size.
 """
 
 import numpy as np
@@ -65,7 +65,7 @@ def test_max_pool_2x2_tie_and_nan_orders_by_hand():
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 2, 6, 70)])
-def test_max_pool_2x2_backward_falls_back_for_other_windows(rng, variant, shape):
+def test_max_pool_backward_with_other_windows_of_the_same_size(rng, variant, shape):
     # a 3x3 window with stride 2 and padding 1 has the same output size as 2x2/2 for even
     # sizes: its argmax may point outside the 2x2 window, and two outputs may share one input
     x = rng.standard_normal(shape).astype(np.float32)

@@ -29,6 +29,7 @@ from numba.extending import overload
 
 from nnkern import _jit
 from nnkern._jit import FASTMATH, cpu_inline, cpu_kernel, cpu_serial
+from nnkern.ops._memory import prefetch
 from nnkern.ops._reduce import ROW_CHUNKS
 
 
@@ -124,6 +125,28 @@ def _bn_sums_1d_kernel(u, u_shift, x, x_shift, s1, s2, relu, zcoef):
             i += f1 - f0
 
 
+@cpu_inline
+def _train_finish_channel(c, a1, a2, shift, n, momentum, eps, update, running_mean, running_var,
+                          gamma, beta, mean, inv_std, coef):
+    # channel c from its float64 sums a1 = sum(x - shift), a2 = sum((x - shift)^2) over n
+    # values: mean, inv_std; the running statistics when ``update``; coef rows (mean,
+    # gamma * inv_std, beta) for the apply pass
+    mean_shifted = a1 / n
+    mu = shift + mean_shifted
+    var = a2 / n - mean_shifted * mean_shifted  # biased
+    if var < 0.0:  # rounding; written as a test (not max()) so that NaN propagates
+        var = 0.0
+    if update:  # PyTorch: the running variance is the unbiased var * n / (n - 1)
+        running_mean[c] = momentum * mu + (1.0 - momentum) * running_mean[c]
+        running_var[c] = momentum * var * (n / (n - 1.0)) + (1.0 - momentum) * running_var[c]
+    inv = 1.0 / np.sqrt(var + eps)
+    mean[c] = mu
+    inv_std[c] = inv
+    coef[0, c] = mu
+    coef[1, c] = gamma[c] * inv
+    coef[2, c] = beta[c]
+
+
 @cpu_serial
 def _bn_train_finish(s1, s2, shift, n, momentum, eps, update, running_mean, running_var, gamma,
                      beta, mean, inv_std, coef):
@@ -137,20 +160,8 @@ def _bn_train_finish(s1, s2, shift, n, momentum, eps, update, running_mean, runn
         for k in range(chunks):  # merge the chunks in a fixed order (any variant, any threads)
             a1 += s1[k, c]
             a2 += s2[k, c]
-        mean_shifted = a1 / n
-        mu = shift[c] + mean_shifted
-        var = a2 / n - mean_shifted * mean_shifted  # biased
-        if var < 0.0:  # rounding; written as a test (not max()) so that NaN propagates
-            var = 0.0
-        if update:  # PyTorch: the running variance is the unbiased var * n / (n - 1)
-            running_mean[c] = momentum * mu + (1.0 - momentum) * running_mean[c]
-            running_var[c] = momentum * var * (n / (n - 1.0)) + (1.0 - momentum) * running_var[c]
-        inv = 1.0 / np.sqrt(var + eps)
-        mean[c] = mu
-        inv_std[c] = inv
-        coef[0, c] = mu
-        coef[1, c] = gamma[c] * inv
-        coef[2, c] = beta[c]
+        _train_finish_channel(c, a1, a2, shift[c], n, momentum, eps, update, running_mean,
+                              running_var, gamma, beta, mean, inv_std, coef)
 
 
 @cpu_serial
@@ -210,6 +221,21 @@ def _bn_apply_1d_kernel(x, coef, y, relu):
                 y_run[f] = (x_run[f] - m[f]) * s[f] + b[f]
 
 
+@cpu_inline
+def _backward_finish_channel(c, sum_dy, sum_dy_xc, gamma, inv_std, n, training, dgamma, dbeta,
+                             coef):
+    # channel c from sum dy and sum dy * (x - mean): dgamma, dbeta, and coef rows (p, q, r)
+    # of the dx pass
+    inv = np.float64(inv_std[c])
+    dg = sum_dy_xc * inv  # sum dy * xhat
+    p = gamma[c] * inv
+    dgamma[c] = dg
+    dbeta[c] = sum_dy
+    coef[0, c] = p
+    coef[1, c] = -p * inv * dg / n if training else 0.0
+    coef[2, c] = -p * sum_dy / n if training else 0.0
+
+
 @cpu_serial
 def _bn_backward_finish(s1, s2, gamma, inv_std, n, training, dgamma, dbeta, coef):
     # s1, s2: (ROW_CHUNKS, C) float64 partials of sum dy, sum dy * (x - mean) ->
@@ -223,14 +249,8 @@ def _bn_backward_finish(s1, s2, gamma, inv_std, n, training, dgamma, dbeta, coef
         for k in range(chunks):  # fixed merge order
             sum_dy += s1[k, c]
             sum_dy_xc += s2[k, c]
-        inv = np.float64(inv_std[c])
-        dg = sum_dy_xc * inv  # sum dy * xhat
-        p = gamma[c] * inv
-        dgamma[c] = dg
-        dbeta[c] = sum_dy
-        coef[0, c] = p
-        coef[1, c] = -p * inv * dg / n if training else 0.0
-        coef[2, c] = -p * sum_dy / n if training else 0.0
+        _backward_finish_channel(c, sum_dy, sum_dy_xc, gamma, inv_std, n, training, dgamma,
+                                 dbeta, coef)
 
 
 @cpu_kernel
@@ -283,6 +303,132 @@ def _bn_dx_1d_kernel(dy, x, mean, coef, dx, relu, zcoef):
         else:
             for f in range(f_):
                 dx_run[f] = p[f] * dy_run[f] + q[f] * (x_run[f] - mean[f]) + r[f]
+
+
+# ----------------------------------------------------------------------------------------------
+# Large (N, C, L) inputs whose channels each fit in L2: one channel at a time. The two passes
+# over x (statistics, then y), or over dy and x (sums, then dx), run back to back on the same
+# channel, so the second pass reads from L2 and main memory sees each array once: 3 streams
+# instead of 4 forward, 4 instead of 6 backward (counting the write's read-for-ownership).
+# Channels are independent prange iterations, each summing its planes in order, so the results
+# do not depend on the thread count or the variant.
+
+#: the most bytes of one channel (N * L elements; x and dy together backward) run this way
+_CHANNEL_BYTES = 1 << 20
+
+
+#: elements between two prefetches of the next plane: one 64-byte cache line of float32
+_LINE = 16
+
+
+@cpu_inline
+def _prefetch_plane(a):
+    # the next plane's cache lines, while this one is summed (see nnkern.ops._memory)
+    for i in range(0, a.shape[0], _LINE):
+        prefetch(a, i)
+
+
+@cpu_inline
+def _plane_sums(u, u_shift, x, x_shift, relu, zm, zs, zb, zero):
+    # one (n, c) plane: sum(u - u_shift), sum((u - u_shift) * (x - x_shift)) in float64, u
+    # masked by the forward's ReLU when relu (as _bn_sums_2d_kernel)
+    acc1 = 0.0
+    acc2 = 0.0
+    if relu:
+        for l in range(x.shape[0]):
+            xv = x[l]
+            z = x.dtype.type((xv - zm) * zs + zb)
+            d = (zero if z <= zero else u[l]) - u_shift
+            acc1 += d
+            acc2 += d * (xv - x_shift)
+    else:
+        for l in range(x.shape[0]):
+            d = u[l] - u_shift
+            acc1 += d
+            acc2 += d * (x[l] - x_shift)
+    return acc1, acc2
+
+
+@cpu_kernel
+def _bn_forward_channels_kernel(x, gamma, beta, running_mean, running_var, training, update,
+                                momentum, eps, relu, y, mean, inv_std, coef):
+    # x, y: (N, C, L) -> mean, inv_std: (C,), coef: (3, C) float64; running_* updated when
+    # ``update``. Per channel c: statistics over its N planes (shift: the first sample, see
+    # _bn_sums_2d_kernel), then y = (x - mean) * gamma * inv_std + beta (ReLU'd when relu).
+    n_, c_, l_ = x.shape
+    zero = x.dtype.type(0)
+    for c in prange(c_):
+        if training:
+            shift = np.float64(x[0, c, 0])
+            a1 = 0.0
+            a2 = 0.0
+            for n in range(n_):
+                if n + 1 < n_:
+                    _prefetch_plane(x[n + 1, c])
+                acc1, acc2 = _plane_sums(x[n, c], shift, x[n, c], shift, False, 0.0, 0.0, 0.0,
+                                         zero)
+                a1 += acc1
+                a2 += acc2
+            _train_finish_channel(c, a1, a2, shift, float(n_ * l_), momentum, eps, update,
+                                  running_mean, running_var, gamma, beta, mean, inv_std, coef)
+        else:
+            mu = np.float64(running_mean[c])
+            inv = 1.0 / np.sqrt(running_var[c] + eps)
+            mean[c] = mu
+            inv_std[c] = inv
+            coef[0, c] = mu
+            coef[1, c] = gamma[c] * inv
+            coef[2, c] = beta[c]
+        m, sc, b = coef[0, c], coef[1, c], coef[2, c]
+        for n in range(n_):
+            x_run = x[n, c]
+            y_run = y[n, c]
+            if relu:
+                for l in range(l_):
+                    v = x.dtype.type((x_run[l] - m) * sc + b)
+                    y_run[l] = zero if v < zero else v
+            else:
+                for l in range(l_):
+                    y_run[l] = (x_run[l] - m) * sc + b
+
+
+@cpu_kernel
+def _bn_backward_channels_kernel(dy, x, gamma, mean, inv_std, training, relu, zcoef, dx, dgamma,
+                                 dbeta):
+    # dy, x, dx: (N, C, L); zcoef: the forward's (3, C) coefficients (read with relu) ->
+    # dgamma, dbeta: (C,). Per channel c: sum g and sum g * (x - mean) over its planes (g = dy,
+    # ReLU-masked when relu), then dx = p * g + q * (x - mean) + r (see _bn_backward_finish).
+    n_, c_, l_ = x.shape
+    zero = x.dtype.type(0)
+    coef = np.empty((3, c_), np.float64)
+    for c in prange(c_):
+        m = np.float64(mean[c])
+        zm, zs, zb = (zcoef[0, c], zcoef[1, c], zcoef[2, c]) if relu else (0.0, 0.0, 0.0)
+        sum_dy = 0.0
+        sum_dy_xc = 0.0
+        for n in range(n_):
+            if n + 1 < n_:
+                _prefetch_plane(dy[n + 1, c])
+                _prefetch_plane(x[n + 1, c])
+            acc1, acc2 = _plane_sums(dy[n, c], 0.0, x[n, c], m, relu, zm, zs, zb, zero)
+            sum_dy += acc1
+            sum_dy_xc += acc2
+        _backward_finish_channel(c, sum_dy, sum_dy_xc, gamma, inv_std, float(n_ * l_), training,
+                                 dgamma, dbeta, coef)
+        p, q, r = coef[0, c], coef[1, c], coef[2, c]
+        for n in range(n_):
+            dy_run = dy[n, c]
+            x_run = x[n, c]
+            dx_run = dx[n, c]
+            if relu:
+                for l in range(l_):
+                    xv = x_run[l]
+                    z = x.dtype.type((xv - zm) * zs + zb)
+                    g = zero if z <= zero else dy_run[l]
+                    dx_run[l] = p * g + q * (xv - m) + r
+            else:
+                for l in range(l_):
+                    dx_run[l] = p * dy_run[l] + q * (x_run[l] - m) + r
 
 
 # ----------------------------------------------------------------------------------------------
@@ -454,6 +600,13 @@ def _bn_backward_small(dy, x, gamma, mean, inv_std, training, relu, zcoef, dx, d
     _dx_any(dy, x, mean64, coef, dx, relu, zcoef)
 
 
+def _by_channel(xv, arrays):
+    """Run channel by channel: an (N, C, L) input with at least 8 channels (work for every
+    thread) whose channels, ``arrays`` of them at a time, fit in _CHANNEL_BYTES."""
+    return xv.ndim == 3 and xv.shape[1] >= 8 \
+        and arrays * xv.shape[0] * xv.shape[2] * xv.itemsize <= _CHANNEL_BYTES
+
+
 def _view(a):
     """(N, F) stays; (N, C, H, W) -> (N, C, H*W) (a view: inputs are C-contiguous)."""
     return a if a.ndim == 2 else a.reshape(a.shape[0], a.shape[1], -1)
@@ -485,6 +638,12 @@ def forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, 
                           running_var if update else inv_std, training, update, momentum, eps,
                           relu, _view(y), mean, inv_std, coef)
         return y, mean, inv_std, coef
+    if _by_channel(xv, 1):
+        _bn_forward_channels_kernel.for_size(x.size)(
+            xv, gamma, beta, running_mean if update else mean,
+            running_var if update else inv_std, training, update, momentum, eps, relu, _view(y),
+            mean, inv_std, coef)
+        return y, mean, inv_std, coef
     if training:
         n = xv.size // c
         shift = (xv[0] if xv.ndim == 2 else xv[0, :, 0]).astype(np.float64)  # a sample each
@@ -513,6 +672,10 @@ def backward(dy, x, gamma, mean, inv_std, training, relu, zcoef, out=None):
     if x.size < _jit.PARALLEL_MIN_WORK:
         _bn_backward_small(dyv, xv, gamma, mean, inv_std, training, relu, zcoef, _view(dx),
                            dgamma, dbeta)
+        return dx, dgamma, dbeta
+    if _by_channel(xv, 2):
+        _bn_backward_channels_kernel.for_size(x.size)(dyv, xv, gamma, mean, inv_std, training,
+                                                      relu, zcoef, _view(dx), dgamma, dbeta)
         return dx, dgamma, dbeta
     mean64 = mean.astype(np.float64)
     # One pass over dy and x: sum dy and sum dy * (x - mean), then dbeta, dgamma and dx's p, q, r.
