@@ -49,7 +49,14 @@ def cpu_backend(package):
     ``NNKERN_BACKEND=ref``). Layers call it directly on their fast path: once a call with the
     same per-sample shape, dtype and parameters went through the validating op, the checks
     would only repeat themselves."""
-    return _dispatch.impl(f"nnkern.ops.{package}", CPU)
+    hit = _BACKENDS.get(package)
+    if hit is None or hit[0] is not _dispatch._CPU_MODULE:
+        hit = _BACKENDS[package] = (_dispatch._CPU_MODULE,
+                                    _dispatch.impl(f"nnkern.ops.{package}", CPU))
+    return hit[1]
+
+
+_BACKENDS = {}  # package -> (the _dispatch mode it was looked up in, module)
 
 
 def fusion():

@@ -110,7 +110,7 @@ class _BatchNorm(Layer):
                 self._checked = x.shape[1:]
         self._x, self._batch_stats, self._coef = x4, use_batch_stats, coef
         self._mean, self._inv_std = mean, inv_std
-        return y.reshape(x.shape)
+        return y if x4 is x else y.reshape(x.shape)
 
     def _backward(self, dy):
         return self._bn_backward(dy, False)
