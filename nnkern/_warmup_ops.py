@@ -65,10 +65,12 @@ def batch_norm(dtype):
     from nnkern import functional as F
     from nnkern.ops.batch_norm import cpu
     rng = np.random.default_rng(_SEED)
-    for shape in ((5, 3), (2, 3, 4, 5)):
+    # 1d, 2d with few channels (chunked sums) and with 8 (the channel-at-a-time kernels)
+    for shape in ((5, 3), (2, 3, 4, 5), (2, 8, 2, 3)):
         x, dy = _rand(rng, shape, dtype), _rand(rng, shape, dtype)
-        g, b = _rand(rng, 3, dtype, 0.5, 1.5), _rand(rng, 3, dtype)
-        rm, rv = np.zeros(3, dtype), np.ones(3, dtype)
+        c = shape[1]
+        g, b = _rand(rng, c, dtype, 0.5, 1.5), _rand(rng, c, dtype)
+        rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
         for training in (True, False):
             _, mean, inv_std = F.batch_norm_forward(x, g, b, rm, rv, training=training)
             F.batch_norm_backward(dy, x, g, mean, inv_std, training=training)
