@@ -7,7 +7,9 @@
 ``nnkern.functional`` holds the kernels as forward/backward pairs, ``nnkern.layers`` the layers,
 ``nnkern.losses``, ``nnkern.optim`` and ``nnkern.fit`` train them. Importing nnkern compiles
 nothing: kernels compile (or load from Numba's cache) on first use, or all at once with
-``nnkern.warmup()``.
+``nnkern.warmup()``. ``nnkern.set_num_threads(n)`` sets Numba's and both OpenBLAS pools' thread
+counts together; ``NUMBA_NUM_THREADS`` (read when Numba is imported) is their maximum
+(``nnkern.runtime``).
 """
 
 __version__ = "0.1.0"
