@@ -7,7 +7,9 @@
 ``nnkern.functional`` holds the kernels as forward/backward pairs, ``nnkern.layers`` the layers,
 ``nnkern.losses``, ``nnkern.optim`` and ``nnkern.fit`` train them. Importing nnkern compiles
 nothing: kernels compile (or load from Numba's cache) on first use, or all at once with
-``nnkern.warmup()``.
+``nnkern.warmup()``. ``nnkern.set_num_threads(n)`` sets Numba's and both OpenBLAS pools' thread
+counts together; ``NUMBA_NUM_THREADS`` (read when Numba is imported) is their maximum
+(``nnkern.runtime``).
 """
 
 __version__ = "0.1.0"
@@ -28,6 +30,7 @@ from nnkern import datasets, functional, init, layers, losses, models, optim  # 
 from nnkern.backend import cuda_available, to_device  # noqa: E402
 from nnkern.init import manual_seed  # noqa: E402
 from nnkern.model import Sequential, load, save  # noqa: E402
+from nnkern.runtime import get_num_threads, set_num_threads, thread_info, warmup  # noqa: E402
 from nnkern.training import (  # noqa: E402
     Callback,
     Checkpoint,
@@ -41,4 +44,4 @@ from nnkern.training import (  # noqa: E402
 __all__ = ["datasets", "functional", "init", "layers", "losses", "models", "optim",
            "Sequential", "load", "save", "manual_seed", "cuda_available", "to_device", "fit",
            "evaluate", "History", "Callback", "EarlyStopping", "Checkpoint", "LambdaCallback",
-           "__version__"]
+           "warmup", "set_num_threads", "get_num_threads", "thread_info", "__version__"]

@@ -17,7 +17,7 @@ import numpy as np
 
 from nnkern import _validate as v
 from nnkern import functional as F
-from nnkern.backend import is_cuda_array
+from nnkern.backend import CPU, is_cuda_array
 
 __all__ = ["SoftmaxCrossEntropy", "MSE", "BinaryCrossEntropy", "Hinge"]
 
@@ -37,6 +37,26 @@ def _like(target, pred):
     if isinstance(target, np.ndarray) and target.dtype.kind not in "biuf":
         return target  # let the op reject strings, objects, ... with its own message
     return np.ascontiguousarray(target, dtype=dtype)
+
+
+def _cpu_loss():
+    from nnkern.ops._dispatch import impl
+    return impl("nnkern.ops.loss", CPU)
+
+
+def _cpu_scores(pred, labels):
+    """True when (pred, labels) are what the checking op accepts on the CPU, tested in one go:
+    pred a C-contiguous float (N, C) array, labels N C-contiguous integer class indices in
+    [0, C). Anything else takes the op's own checks and messages."""
+    if type(pred) is not np.ndarray or type(labels) is not np.ndarray or pred.ndim != 2 \
+            or labels.ndim != 1 or labels.dtype.kind not in "iu" \
+            or pred.dtype not in v.FLOAT_DTYPES:
+        return False
+    n, c = pred.shape
+    if n == 0 or c == 0 or labels.shape[0] != n or not pred.flags.c_contiguous \
+            or not labels.flags.c_contiguous:
+        return False
+    return bool(labels.min() >= 0 and labels.max() < c)
 
 
 class _Loss:
@@ -86,10 +106,17 @@ class SoftmaxCrossEntropy(_Loss):
 
     def _loss(self, pred, target):
         labels = _labels(target)
+        if _cpu_scores(pred, labels):  # checked here, once for forward and backward
+            cpu = _cpu_loss()
+            labels = labels.astype(np.int64, copy=False)
+            loss, self.probs = cpu.softmax_cross_entropy_forward(pred, labels)
+            return loss, (self.probs, labels, cpu)
         loss, self.probs = F.softmax_cross_entropy_forward(pred, labels)
-        return loss, (self.probs, labels)
+        return loss, (self.probs, labels, None)
 
-    def _gradient(self, probs, labels):
+    def _gradient(self, probs, labels, cpu):
+        if cpu is not None:
+            return cpu.softmax_cross_entropy_backward(probs, labels)
         return F.softmax_cross_entropy_backward(probs, labels)
 
 

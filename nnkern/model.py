@@ -13,7 +13,8 @@ import tempfile
 
 import numpy as np
 
-from nnkern.backend import check_device
+from nnkern.backend import CPU, check_device
+from nnkern.layers._common import fusion
 from nnkern.layers.base import Layer, layer_class
 
 FORMAT = "nnkern-model"
@@ -52,10 +53,26 @@ class Sequential(Layer):
         return self.layers[index]
 
     # -- forward / backward --------------------------------------------------------------------
+    #: Run Dense -> ReLU and BatchNorm1D/2D -> ReLU as fused steps on the CPU (one pass over
+    #: the output each way instead of two or three; the same values). Set False on a model (or
+    #: the class) to run every layer on its own.
+    fuse = True
+
+    def _steps(self):
+        """The layers grouped into steps: fused pairs where ``fuse`` allows, else one layer
+        each. Rebuilt when the layer list changes."""
+        key = (self.fuse, *map(id, self.layers))
+        if getattr(self, "_steps_key", None) != key:
+            self._step_list = _plan(self.layers, self.fuse)
+            self._steps_key = key
+        return self._step_list
+
     def forward(self, x, training=None):
         training = self.training if training is None else bool(training)
-        for layer in self.layers:
-            x = layer.forward(x, training)
+        steps = self._steps()
+        for step in steps:
+            x = step.forward(x, training)
+        self._ran = steps
         self._has_forward = True
         return x
 
@@ -67,13 +84,24 @@ class Sequential(Layer):
         None when ``need_input_grad`` is False (skips the first layer's input gradient)."""
         if not self._has_forward:
             raise RuntimeError("Sequential.backward called before forward")
-        for i in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[i]
-            layer.needs_input_grad = need_input_grad or i > 0
-            dy = layer.backward(dy)
+        steps = self._ran
+        # A step needs its input gradient if the model's input needs one or a step before it
+        # has parameters: layers in front of the first trainable one (an MLP's Flatten) get
+        # none, so that one skips its dx (e.g. a 64x100 @ 100x784 GEMM), as torch does.
+        needed = need_input_grad
+        flags = []
+        for step in steps:
+            flags.append(needed)
+            needed = needed or step.trainable
+        for i in range(len(steps) - 1, -1, -1):
+            step = steps[i]
+            if not flags[i] and not step.trainable:
+                return None  # nothing below this step needs a gradient
+            step.first.needs_input_grad = flags[i]
+            dy = step.backward(dy)
             if dy is None:
                 break
-        return dy
+        return dy if need_input_grad else None
 
     # -- state, mode, device -------------------------------------------------------------------
     def named_parameters(self, prefix=""):
@@ -176,6 +204,87 @@ class Sequential(Layer):
     def extra_repr(self):
         return "\n" + "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers)) \
             + "\n"
+
+
+class _Single:
+    """A step of one layer. ``trainable``: it has parameters (checked when the step list is
+    built)."""
+    __slots__ = ("first", "index", "forward", "backward", "trainable")
+
+    def __init__(self, layer, index):
+        self.first, self.index = layer, index
+        self.forward, self.backward = layer.forward, layer.backward
+        self.trainable = bool(layer.parameters())
+
+
+class _Fused:
+    """Layer ``first`` followed by a ReLU, run by ``first``'s fused kernels when both layers
+    are on the CPU and have validated this input shape once (the first call runs them one by
+    one, through the checking ops). Each layer is left in the state its own forward would
+    leave: the ReLU keeps its output as both its input and output (x > 0 exactly where
+    relu(x) > 0, so its own backward still works), the first layer its input and statistics.
+    """
+    __slots__ = ("first", "relu", "index", "fused", "trainable")
+
+    def __init__(self, first, relu, index):
+        self.first, self.relu, self.index = first, relu, index
+        self.fused = False
+        self.trainable = bool(first.parameters())
+
+    def forward(self, x, training):
+        first, relu = self.first, self.relu
+        x = first._prepare_input(x)
+        if relu._checked is not None and first._fast(x) and relu.device == CPU and fusion():
+            y = self._fused_forward(x, training)
+            first._has_forward = relu._has_forward = True
+            relu._x = relu._y = y
+            self.fused = True
+            return y
+        self.fused = False
+        return relu.forward(first.forward(x, training), training)
+
+    def backward(self, dy):
+        if not self.fused:
+            return self.first.backward(self.relu.backward(dy))
+        return self._fused_backward(self.relu._prepare_grad(dy))
+
+
+class _DenseReLU(_Fused):
+    __slots__ = ()
+
+    def _fused_forward(self, x, training):
+        return self.first._forward_relu(x)
+
+    def _fused_backward(self, dy):
+        return self.first._dense_backward(dy, self.first._relu_y)
+
+
+class _BatchNormReLU(_Fused):
+    __slots__ = ()
+
+    def _fused_forward(self, x, training):
+        return self.first._bn_forward(x, training, True)
+
+    def _fused_backward(self, dy):
+        return self.first._bn_backward(dy, True)
+
+
+def _plan(layers, fuse):
+    from nnkern.layers.activation import ReLU
+    from nnkern.layers.dense import Dense
+    from nnkern.layers.normalization import BatchNorm1D, BatchNorm2D
+    pairs = {Dense: _DenseReLU, BatchNorm1D: _BatchNormReLU, BatchNorm2D: _BatchNormReLU}
+    steps, i = [], 0
+    while i < len(layers):
+        layer = layers[i]
+        fused = pairs.get(type(layer)) if fuse else None
+        if fused is not None and i + 1 < len(layers) and type(layers[i + 1]) is ReLU:
+            steps.append(fused(layer, layers[i + 1], i))
+            i += 2
+        else:
+            steps.append(_Single(layer, i))
+            i += 1
+    return steps
 
 
 def describe(layer):

@@ -3,6 +3,8 @@
 import numpy as np
 
 from nnkern import init as initializers
+from nnkern.backend import CPU
+from nnkern.ops import _dispatch
 
 
 def make_rng(rng):
@@ -40,3 +42,24 @@ def check_features(layer, what, got, expected, shape):
     if got != expected:
         raise ValueError(f"{type(layer).__name__}: expected input with {expected} {what}, got "
                          f"{got} (input shape {tuple(shape)})")
+
+
+def cpu_backend(package):
+    """The CPU backend module of op package ``nnkern.ops.<package>`` (its NumPy reference under
+    ``NNKERN_BACKEND=ref``). Layers call it directly on their fast path: once a call with the
+    same per-sample shape, dtype and parameters went through the validating op, the checks
+    would only repeat themselves."""
+    hit = _BACKENDS.get(package)
+    if hit is None or hit[0] is not _dispatch._CPU_MODULE:
+        hit = _BACKENDS[package] = (_dispatch._CPU_MODULE,
+                                    _dispatch.impl(f"nnkern.ops.{package}", CPU))
+    return hit[1]
+
+
+_BACKENDS = {}  # package -> (the _dispatch mode it was looked up in, module)
+
+
+def fusion():
+    """True when the CPU backends are the Numba ones, which have the fused kernels (bias +
+    ReLU, batch norm + ReLU); not under ``NNKERN_BACKEND=ref``."""
+    return _dispatch._CPU_MODULE == "cpu"

@@ -4,21 +4,33 @@ x is the previous layer's output, y the next layer's input), so no extra memory 
 import numpy as np
 
 from nnkern import functional as F
-from nnkern.layers._common import check_positive_int
+from nnkern.layers._common import check_positive_int, cpu_backend
 from nnkern.layers.base import Layer
 
 
 class _Activation(Layer):
     """y = f(x) elementwise; subclasses name their op in OP and extra arguments in config."""
     OP = ""
+    MIN_NDIM = 1
 
     def _forward(self, x, training):
         self._x = x
+        if self._checked is not None and x.ndim >= self.MIN_NDIM and x.size \
+                and type(x) is np.ndarray:
+            self._y = getattr(cpu_backend("activation"), self.OP + "_forward")(x, **self.config)
+            return self._y
         self._y = getattr(F, self.OP + "_forward")(x, **self.config)
+        if type(x) is np.ndarray:  # the op validated self.config: later calls skip the checks
+            self._checked = True
         return self._y
 
     def _backward(self, dy):
-        return getattr(F, self.OP + "_backward")(dy, self._x, self._y, **self.config)
+        x = self._x
+        if self._checked is not None and type(dy) is np.ndarray and type(x) is np.ndarray \
+                and dy.shape == x.shape and dy.dtype == x.dtype:
+            return getattr(cpu_backend("activation"), self.OP + "_backward")(dy, x, self._y,
+                                                                            **self.config)
+        return getattr(F, self.OP + "_backward")(dy, x, self._y, **self.config)
 
 
 class ReLU(_Activation):
@@ -63,6 +75,7 @@ class Softmax(_Activation):
     For training a classifier use losses.SoftmaxCrossEntropy on the logits instead: fused,
     and stable."""
     OP = "softmax"
+    MIN_NDIM = 2
 
 
 class PReLU(Layer):

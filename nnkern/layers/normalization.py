@@ -10,7 +10,13 @@
 import numpy as np
 
 from nnkern import functional as F
-from nnkern.layers._common import check_features, check_input_rank, check_positive_int
+from nnkern.layers._common import (
+    check_features,
+    check_input_rank,
+    check_positive_int,
+    cpu_backend,
+    fusion,
+)
 from nnkern.layers.base import Layer
 
 
@@ -60,9 +66,20 @@ class _BatchNorm(Layer):
         return self._ones, self._zeros
 
     def _forward(self, x, training):
-        check_input_rank(self, x, self.RANKS, self.LAYOUT)
-        check_features(self, "channels" if x.ndim > 2 else "features", x.shape[1],
-                       self.config["num_features"], x.shape)
+        return self._bn_forward(x, training, False)
+
+    def _fast(self, x):
+        """True when ``x`` (a CPU array from _prepare_input) can go straight to the kernels."""
+        return x.shape[1:] == self._checked and x.shape[0] > 0 and type(x) is np.ndarray
+
+    def _bn_forward(self, x, training, relu):
+        """Batch norm, then ReLU when ``relu`` (Sequential's fused BatchNorm -> ReLU, one pass
+        over the output; needs ``_fast(x)``)."""
+        fast = self._fast(x)
+        if not fast:
+            check_input_rank(self, x, self.RANKS, self.LAYOUT)
+            check_features(self, "channels" if x.ndim > 2 else "features", x.shape[1],
+                           self.config["num_features"], x.shape)
         track = self.config["track_running_stats"]
         use_batch_stats = training or not track
         momentum = self.config["momentum"]
@@ -74,15 +91,49 @@ class _BatchNorm(Layer):
         running = (self._buffers["running_mean"], self._buffers["running_var"]) if track \
             else (None, None)
         x4 = x.reshape(x.shape + (1,)) if x.ndim == 3 else x  # (N, C, L) -> (N, C, L, 1)
-        y, self._mean, self._inv_std = F.batch_norm_forward(
-            x4, gamma, beta, *running, training=use_batch_stats,
-            momentum=0.0 if momentum is None else momentum, eps=self.config["eps"])
-        self._x, self._batch_stats = x4, use_batch_stats
-        return y.reshape(x.shape)
+        momentum = 0.0 if momentum is None else momentum
+        coef = None
+        if fast and (not use_batch_stats or x.size > x.shape[1]):  # > 1 value per channel
+            if fusion():
+                y, mean, inv_std, coef = cpu_backend("batch_norm").forward(
+                    x4, gamma, beta, *running, use_batch_stats, momentum, self.config["eps"],
+                    relu)
+            else:
+                y, mean, inv_std = cpu_backend("batch_norm").batch_norm_forward(
+                    x4, gamma, beta, *running, training=use_batch_stats, momentum=momentum,
+                    eps=self.config["eps"])
+        else:
+            y, mean, inv_std = F.batch_norm_forward(
+                x4, gamma, beta, *running, training=use_batch_stats, momentum=momentum,
+                eps=self.config["eps"])
+            if type(x) is np.ndarray:  # validated: the same per-sample shape skips the checks
+                self._checked = x.shape[1:]
+        self._x, self._batch_stats, self._coef = x4, use_batch_stats, coef
+        self._mean, self._inv_std = mean, inv_std
+        return y if x4 is x else y.reshape(x.shape)
 
     def _backward(self, dy):
+        return self._bn_backward(dy, False)
+
+    def _bn_backward(self, dy, relu):
+        """dy: the gradient of the output (of the ReLU's output when ``relu``, after a fused
+        forward)."""
         gamma, _ = self._affine()
         out = (None, self.gamma.grad, self.beta.grad) if self.gamma is not None else None
+        x = self._x
+        if self._checked is not None and type(dy) is np.ndarray and type(x) is np.ndarray \
+                and dy.size == x.size and dy.dtype == x.dtype \
+                and (dy.shape == x.shape or dy.shape == x.shape[:3]):
+            dy4 = dy if dy.ndim == x.ndim else dy.reshape(x.shape)
+            if fusion():
+                dx, _, _ = cpu_backend("batch_norm").backward(
+                    dy4, x, gamma, self._mean, self._inv_std, self._batch_stats, relu,
+                    self._coef, out)
+            else:
+                dx, _, _ = cpu_backend("batch_norm").batch_norm_backward(dy4, x, gamma, self._mean,
+                                                         self._inv_std,
+                                                         training=self._batch_stats, out=out)
+            return dx.reshape(dy.shape)
         dx, _, _ = F.batch_norm_backward(dy.reshape(self._x.shape), self._x, gamma, self._mean,
                                          self._inv_std, training=self._batch_stats, out=out)
         return dx.reshape(dy.shape)

@@ -1,8 +1,10 @@
 """Pooling layers over (N, C, H, W): max, average, and global average."""
 
+import numpy as np
+
 from nnkern import _validate as v
 from nnkern import functional as F
-from nnkern.layers._common import check_input_rank
+from nnkern.layers._common import check_input_rank, cpu_backend
 from nnkern.layers.base import Layer
 
 
@@ -20,6 +22,21 @@ class _Pool2D(Layer):
         self.config = dict(kernel_size=kernel_size, stride=stride, padding=padding)
         self._dilation = dilation
         self._ceil_mode = bool(ceil_mode)
+
+    def _fast(self, x):
+        """True when ``x`` (a CPU array from _prepare_input) has the per-sample shape of a call
+        the validating op accepted: the window geometry is then known to be valid."""
+        return self._checked is not None and x.shape[1:] == self._checked[0] and x.shape[0] > 0 \
+            and type(x) is np.ndarray
+
+    def _validated(self, x, y):
+        if type(x) is np.ndarray:
+            self._checked = (x.shape[1:], y.shape[1:])
+
+    def _fast_grad(self, dy):
+        return self._checked is not None and type(dy) is np.ndarray \
+            and dy.shape[1:] == self._checked[1] and dy.shape[0] == self._x_shape[0] \
+            and len(self._x_shape) == 4 and self._x_shape[1:] == self._checked[0]
 
     def output_shape(self, input_shape):
         n, c, h, w = input_shape
@@ -40,12 +57,20 @@ class MaxPool2D(_Pool2D):
         self.config.update(dilation=self._dilation, ceil_mode=self._ceil_mode)
 
     def _forward(self, x, training):
-        check_input_rank(self, x, (4,), "4-D (N, C, H, W)")
-        y, self._argmax = F.max_pool2d_forward(x, **self.config)
+        if self._fast(x):
+            c = self.config
+            y, self._argmax = cpu_backend("pool2d").max_pool2d_forward(
+                x, c["kernel_size"], c["stride"], c["padding"], c["dilation"], c["ceil_mode"])
+        else:
+            check_input_rank(self, x, (4,), "4-D (N, C, H, W)")
+            y, self._argmax = F.max_pool2d_forward(x, **self.config)
+            self._validated(x, y)
         self._x_shape = x.shape
         return y
 
     def _backward(self, dy):
+        if self._fast_grad(dy):
+            return cpu_backend("pool2d").max_pool2d_backward(dy, self._argmax, self._x_shape)
         return F.max_pool2d_backward(dy, self._argmax, self._x_shape)
 
 
@@ -59,11 +84,23 @@ class AvgPool2D(_Pool2D):
         self.config.update(ceil_mode=self._ceil_mode, count_include_pad=bool(count_include_pad))
 
     def _forward(self, x, training):
-        check_input_rank(self, x, (4,), "4-D (N, C, H, W)")
         self._x_shape = x.shape
-        return F.avg_pool2d_forward(x, **self.config)
+        c = self.config
+        if self._fast(x):
+            return cpu_backend("pool2d").avg_pool2d_forward(
+                x, c["kernel_size"], c["stride"], c["padding"], c["ceil_mode"],
+                c["count_include_pad"])
+        check_input_rank(self, x, (4,), "4-D (N, C, H, W)")
+        y = F.avg_pool2d_forward(x, **self.config)
+        self._validated(x, y)
+        return y
 
     def _backward(self, dy):
+        c = self.config
+        if self._fast_grad(dy):
+            return cpu_backend("pool2d").avg_pool2d_backward(dy, self._x_shape, c["kernel_size"],
+                                                 c["stride"], c["padding"], c["ceil_mode"],
+                                                 c["count_include_pad"])
         return F.avg_pool2d_backward(dy, self._x_shape, **self.config)
 
 

@@ -1,6 +1,7 @@
 """Stochastic gradient descent with optional (Nesterov) momentum."""
 
 from nnkern import _validate as v
+from nnkern.optim import _multi
 from nnkern.optim.base import Optimizer, check_bool
 
 
@@ -38,6 +39,12 @@ class SGD(Optimizer):
         if h["nesterov"] and (h["momentum"] == 0.0 or h["dampening"] != 0.0):
             raise ValueError(f"{where}: nesterov needs momentum > 0 and dampening = 0, got "
                              f"momentum {h['momentum']} and dampening {h['dampening']}")
+
+    def step(self):
+        """One update of every parameter from its current ``.grad`` (on the CPU, from the
+        second step on, one multi-tensor kernel call per parameter group)."""
+        if not _multi.sgd_step(self):
+            super().step()
 
     def _update(self, st, lr, h):
         buf, first = None, False

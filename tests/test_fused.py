@@ -1,0 +1,281 @@
+"""Small-model fast paths: fused Dense/BatchNorm -> ReLU steps, layer fast paths, buffer safety.
+
+The fused steps must give the bits of the layers run one by one (same kernels, one pass fewer),
+and the fast paths (which skip re-validation once a per-sample shape was checked) must keep
+every error of the validating path.
+"""
+
+import numpy as np
+import pytest
+
+import nnkern
+from nnkern import layers as L
+from nnkern import losses
+from nnkern.model import Sequential, _BatchNormReLU, _DenseReLU, _Single
+from nnkern.ops import _dispatch
+from nnkern.ops.batch_norm import cpu as bn_cpu
+from nnkern.ops.batch_norm import ref as bn_ref
+from nnkern.ops.dense import cpu as dense_cpu
+from nnkern.testing import assert_close
+
+
+def mlp_bn(rng):
+    return Sequential(L.Flatten(), L.Dense(12, 7, bias=False, rng=rng), L.BatchNorm1D(7),
+                      L.ReLU(), L.Dense(7, 5, rng=rng), L.ReLU(), L.Dense(5, 3, rng=rng))
+
+
+def cnn_bn(rng):
+    return Sequential(L.Conv2D(2, 3, 3, padding=1, bias=False, rng=rng), L.BatchNorm2D(3),
+                      L.ReLU(), L.MaxPool2D(2), L.Flatten(), L.Dense(12, 4, rng=rng), L.ReLU(),
+                      L.Dense(4, 3, rng=rng))
+
+
+MODELS = {"mlp": (mlp_bn, (6, 3, 2, 2)), "cnn": (cnn_bn, (5, 2, 4, 4))}
+
+
+def clone(model):
+    twin = nnkern.model.build(nnkern.model.describe(model))
+    twin.load_state_dict(model.state_dict())
+    return twin.astype(model.dtype)
+
+
+def run(model, x, dy_seed, steps=3, training=True):
+    """Forward/backward ``steps`` times: (outputs and buffers, gradients), each a list."""
+    values, grads = [], []
+    rng = np.random.default_rng(dy_seed)
+    for _ in range(steps):
+        y = model.forward(x, training=training)
+        dy = rng.standard_normal(y.shape).astype(y.dtype)
+        dx = model.backward(dy)
+        values.append(y.copy())
+        grads += [dx.copy()] + [p.grad.copy() for p in model.parameters()]
+    values += [b.copy() for _, b in model.named_buffers()]
+    return values, grads
+
+
+# ----- fused steps give the bits of the unfused layers -----
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_fused_steps_match_the_layers_one_by_one(rng, variant, name, dtype, training):
+    """Outputs and running statistics: the same bits (the same elementwise operations);
+    gradients: the same up to rounding (the fused passes' vectorised sums may add in another
+    order, fastmath reassoc)."""
+    make, shape = MODELS[name]
+    fused = make(rng).astype(dtype)
+    plain = clone(fused)
+    plain.fuse = False
+    x = rng.standard_normal(shape).astype(dtype)
+    (values, grads), (values_plain, grads_plain) = (run(m, x, 7, training=training)
+                                                    for m in (fused, plain))
+    for got, want in zip(values, values_plain):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(grads, grads_plain):
+        assert_close(got, want, scale=10)
+    kinds = [type(s) for s in fused._steps()]
+    assert _BatchNormReLU in kinds and _DenseReLU in kinds
+    assert all(type(s) is _Single for s in plain._steps())
+    assert any(s.fused for s in fused._ran if not isinstance(s, _Single))
+
+
+def test_relu_mask_at_zero_and_nan_matches_the_unfused_layers(rng):
+    # channel 0: x = 1, 2, 3 -> mean 2, the middle element normalises to exactly 0 (beta 0),
+    # where ReLU's derivative is 0; channel 1 holds a NaN (propagates as in relu_backward)
+    x = np.array([[1.0, 0.5], [2.0, np.nan], [3.0, -0.5]], np.float32)
+    fused = Sequential(L.BatchNorm1D(2), L.ReLU())
+    plain = clone(fused)
+    plain.fuse = False
+    for model in (fused, plain):
+        model.forward(x)  # the first call validates, later ones take the fast path
+    y1, y2 = fused.forward(x), plain.forward(x)
+    np.testing.assert_array_equal(y1, y2)
+    assert y1[1, 0] == 0
+    dy = np.ones_like(x)
+    np.testing.assert_array_equal(fused.backward(dy), plain.backward(dy))
+    np.testing.assert_array_equal(fused[0].gamma.grad, plain[0].gamma.grad)
+
+
+def test_layers_keep_their_own_state_after_a_fused_forward(rng):
+    model = Sequential(L.BatchNorm1D(4), L.ReLU())
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    model.forward(x)
+    y = model.forward(x)
+    assert model._ran[0].fused
+    bn, relu = model[0], model[1]
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_array_equal(relu.backward(dy), np.where(y > 0, dy, 0))
+    want = nnkern.functional.batch_norm_backward(np.where(y > 0, dy, 0), x, bn.gamma.data,
+                                                  bn._mean, bn._inv_std)[0]
+    np.testing.assert_array_equal(bn.backward(np.where(y > 0, dy, 0)), want)
+
+
+# ----- the fused kernels against the NumPy references -----
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7, 5), (64, 100), (3, 4, 5, 6), (2, 3, 1, 1), (8, 64, 8, 8)])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batch_norm_relu_kernels_match_the_reference(rng, variant, shape, dtype, training):
+    c = shape[1]
+    x = (0.3 + rng.standard_normal(shape)).astype(dtype)
+    gamma, beta = rng.uniform(0.5, 1.5, c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    rm, rv = rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)
+    rm2, rv2 = rm.copy(), rv.copy()
+    y, mean, inv_std, coef = bn_cpu.forward(x, gamma, beta, rm, rv, training, 0.1, 1e-5, True)
+    f64 = [a.astype(np.float64) for a in (x, gamma, beta, rm2, rv2)]
+    y_ref, mean_ref, inv_ref = bn_ref.batch_norm_forward(*f64, training=training, momentum=0.1)
+    assert y.dtype == dtype
+    assert_close(y, np.maximum(y_ref, 0))
+    assert_close(mean, mean_ref)
+    assert_close(inv_std, inv_ref)
+    assert_close(rm, f64[3])
+    assert_close(rv, f64[4])
+    dy = rng.standard_normal(shape).astype(dtype)
+    dx, dgamma, dbeta = bn_cpu.backward(dy, x, gamma, mean, inv_std, training, True, coef)
+    masked = np.where(y > 0, dy, 0).astype(np.float64)
+    want = bn_ref.batch_norm_backward(masked, f64[0], f64[1], mean.astype(np.float64),
+                                      inv_std.astype(np.float64), training=training)
+    scale = max(1.0, x.size / shape[1] / 100)
+    for got, w in zip((dx, dgamma, dbeta), want):
+        assert got.dtype == dtype
+        assert_close(got, w, scale=scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_relu_kernels_match_the_unfused_ops(rng, variant, dtype, bias):
+    x = rng.standard_normal((33, 17)).astype(dtype)
+    w = rng.standard_normal((9, 17)).astype(dtype)
+    b = rng.standard_normal(9).astype(dtype) if bias else None
+    y = dense_cpu.dense_forward(x, w, b, relu=True)
+    plain = nnkern.functional.dense_forward(x, w, b)
+    np.testing.assert_array_equal(y, nnkern.functional.relu_forward(plain))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    for need_dx in (True, False):
+        got = dense_cpu.dense_backward(dy, x, w, has_bias=bias, need_dx=need_dx, relu_y=y)
+        g = nnkern.functional.relu_backward(dy, plain, y)
+        want = nnkern.functional.dense_backward(g, x, w, has_bias=bias, need_dx=need_dx)
+        for a, e in zip(got, want):
+            if e is None:
+                assert a is None
+            else:
+                np.testing.assert_array_equal(a, e)
+
+
+# ----- fast paths keep the checks -----
+
+def test_fast_paths_still_reject_bad_input(rng):
+    model = mlp_bn(rng)
+    x = rng.standard_normal((6, 3, 2, 2)).astype(np.float32)
+    model.forward(x)
+    model.forward(x)  # fast path from here
+    with pytest.raises(ValueError, match=r"Dense: expected input with 12 features, got 8"):
+        model.forward(x[:, :2])
+    with pytest.raises(ValueError, match="empty batch"):
+        model.forward(x[:0])
+    with pytest.raises(ValueError, match="expected more than 1 value per channel"):
+        model.forward(x[:1])
+    y = model.forward(x[:4])  # another batch size: fine
+    assert y.shape == (4, 3)
+    with pytest.raises(ValueError, match=r"dy must have shape \(4, 3\)"):
+        model.backward(np.ones((4, 2), np.float32))
+    y64 = model.forward(x.astype(np.float64))  # the model follows the input's dtype
+    assert y64.dtype == np.float64 and model.dtype == np.float64
+    strided = rng.standard_normal((6, 3, 2, 4)).astype(np.float64)[..., ::2]
+    np.testing.assert_array_equal(model.forward(strided),
+                                  model.forward(np.ascontiguousarray(strided)))
+    relu = L.ReLU()
+    relu.forward(np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="empty batch"):
+        relu.forward(np.ones(0, np.float32))
+    pool = L.MaxPool2D(2)
+    pool.forward(np.ones((1, 1, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="kernel"):
+        pool.forward(np.ones((1, 1, 1, 1), np.float32))
+
+
+def test_returned_arrays_are_never_overwritten_by_later_calls(rng):
+    """Outputs and gradients are fresh arrays: a caller may keep them across steps."""
+    model = mlp_bn(rng)
+    x1 = rng.standard_normal((6, 3, 2, 2)).astype(np.float32)
+    x2 = rng.standard_normal((6, 3, 2, 2)).astype(np.float32)
+    kept = []
+    for x in (x1, x2, x1, x2):
+        y = model.forward(x)
+        dx = model.backward(np.ones_like(y))
+        kept.append((y, y.copy(), dx, dx.copy()))
+    for y, y_copy, dx, dx_copy in kept:
+        np.testing.assert_array_equal(y, y_copy)
+        np.testing.assert_array_equal(dx, dx_copy)
+    assert len({id(k[0]) for k in kept}) == len(kept)
+
+
+def test_backward_skips_gradients_nobody_needs(rng):
+    model = mlp_bn(rng)
+    x = rng.standard_normal((6, 3, 2, 2))
+    model.forward(x)
+    assert model.backward(np.ones((6, 3)), need_input_grad=False) is None
+    assert model[1].needs_input_grad is False  # the Dense after Flatten skips its dx
+    grads = [p.grad.copy() for p in model.parameters()]
+    model.forward(x)
+    dx = model.backward(np.ones((6, 3)))
+    assert dx.shape == x.shape
+    for p, g in zip(model.parameters(), grads):
+        np.testing.assert_array_equal(p.grad, g)
+
+
+def test_step_list_follows_the_layer_list_and_the_fuse_flag(rng):
+    model = Sequential(L.Dense(3, 3, rng=rng), L.ReLU())
+    assert [type(s) for s in model._steps()] == [_DenseReLU]
+    model.append(L.Dense(3, 2, rng=rng))
+    assert [type(s) for s in model._steps()] == [_DenseReLU, _Single]
+    model.fuse = False
+    assert [type(s) for s in model._steps()] == [_Single] * 3
+    # a ReLU subclass or another activation is never fused
+    class MyReLU(L.ReLU):
+        pass
+    assert all(type(s) is _Single for s in Sequential(L.Dense(2, 2), MyReLU())._steps())
+    assert all(type(s) is _Single for s in Sequential(L.Dense(2, 2), L.Tanh())._steps())
+
+
+def test_reference_backend_runs_unfused(rng, monkeypatch):
+    monkeypatch.setattr(_dispatch, "_CPU_MODULE", "ref")
+    monkeypatch.setattr(_dispatch, "_modules", {})
+    model = mlp_bn(rng).astype(np.float64)
+    twin = clone(model)
+    x = rng.standard_normal((6, 3, 2, 2))
+    monkeypatch.undo()
+    want = run(twin, x, 3)
+    monkeypatch.setattr(_dispatch, "_CPU_MODULE", "ref")
+    monkeypatch.setattr(_dispatch, "_modules", {})
+    got = run(model, x, 3)
+    assert not any(getattr(s, "fused", False) for s in model._ran)
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        assert_close(a, b)
+
+
+# ----- the loss's fast path -----
+
+def test_softmax_cross_entropy_fast_path_matches_and_keeps_the_checks(rng):
+    logits = rng.standard_normal((5, 4)).astype(np.float32)
+    labels = np.array([0, 3, 1, 1, 2])
+    loss = losses.SoftmaxCrossEntropy()
+    value = loss.forward(logits, labels)
+    grad = loss.backward()
+    want, probs = nnkern.functional.softmax_cross_entropy_forward(logits, labels)
+    assert value == want
+    np.testing.assert_array_equal(grad, nnkern.functional.softmax_cross_entropy_backward(
+        probs, labels))
+    assert loss.forward(logits, [0, 3, 1, 1, 2]) == value  # lists still work
+    assert loss.forward(logits, labels.astype(np.uint8)) == value
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 4\) \(C = 4\), "
+                                         "got label 4"):
+        loss.forward(logits, np.array([0, 4, 1, 1, 2]))
+    with pytest.raises(ValueError, match="labels must be class indices"):
+        loss.forward(logits, np.array([0, -1, 1, 1, 2]))
+    with pytest.raises(TypeError, match="labels must have an integer dtype"):
+        loss.forward(logits, labels.astype(np.float32))
+    with pytest.raises(ValueError, match="labels has 4 entries but the batch has 5 rows"):
+        loss.forward(logits, labels[:4])
+    with pytest.raises(RuntimeError, match="called before forward"):
+        loss.backward()  # the failed forward left nothing behind

@@ -1,0 +1,112 @@
+"""nnkern.runtime: thread controls, one-thread small GEMMs, warmup (behaviour, no timings)."""
+
+import numba
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import nnkern
+from nnkern import runtime
+
+
+@pytest.fixture
+def restore_threads():
+    numba_before = numba.get_num_threads()
+    with threadpool_limits(limits=None):  # restores every BLAS pool's count on exit
+        yield
+    numba.set_num_threads(numba_before)
+
+
+def blas_counts():
+    return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+
+def test_exported_from_the_package():
+    for name in ("warmup", "set_num_threads", "get_num_threads", "thread_info"):
+        assert getattr(nnkern, name) is getattr(runtime, name)
+
+
+def test_set_num_threads_sets_numba_and_every_blas_pool(restore_threads):
+    nnkern.set_num_threads(1)
+    assert nnkern.get_num_threads() == 1 == numba.get_num_threads()
+    counts = blas_counts()
+    assert counts and all(n == 1 for n in counts)  # NumPy's and SciPy's OpenBLAS
+    libraries = " ".join(p["filepath"] for p in threadpool_info() if p["user_api"] == "blas")
+    assert "numpy" in libraries and "scipy" in libraries
+    top = runtime.max_threads()
+    nnkern.set_num_threads(top)
+    assert nnkern.get_num_threads() == top and all(n == top for n in blas_counts())
+    info = nnkern.thread_info()
+    assert info["numba"]["threads"] == top and info["numba"]["max_threads"] == top
+    assert all(pool["threads"] == top for pool in info["blas"])
+    assert info["parallel_min_work"] > 0 and info["blas_serial_max_work"] >= 0
+
+
+def test_set_num_threads_rejects_bad_values(restore_threads):
+    top = runtime.max_threads()
+    with pytest.raises(ValueError, match=rf"between 1 and {top}, got {top + 1}; {top} is "
+                                         "NUMBA_NUM_THREADS, which Numba reads when it is "
+                                         "imported"):
+        nnkern.set_num_threads(top + 1)
+    with pytest.raises(ValueError, match="between 1 and"):
+        nnkern.set_num_threads(0)
+    for bad in (1.0, "2", True, None):
+        with pytest.raises(TypeError, match="n must be an int"):
+            nnkern.set_num_threads(bad)
+
+
+def test_matmul_small_products_run_on_one_thread_and_restore_the_count(restore_threads,
+                                                                        monkeypatch):
+    blas = runtime._numpy_blas()
+    if not blas.ok:
+        pytest.skip("NumPy's BLAS is not a pthreads OpenBLAS")
+    nnkern.set_num_threads(runtime.max_threads())
+    before = blas.get()
+    seen = []
+    real_matmul = np.matmul
+
+    def spy(a, b, out=None):
+        seen.append(blas.get())
+        return real_matmul(a, b, out=out)
+
+    monkeypatch.setattr(runtime.np, "matmul", spy)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((8, 5)).astype(np.float32), rng.standard_normal((5, 3)).astype(
+        np.float32)
+    out = np.empty((8, 3), np.float32)
+    assert runtime.matmul(a, b, out) is out
+    np.testing.assert_allclose(out, a @ b, rtol=1e-6)
+    assert seen == [1] and blas.get() == before
+    monkeypatch.setattr(runtime, "BLAS_SERIAL_MAX_WORK", 10)  # now "large": left as it is
+    runtime.matmul(a, b, out)
+    assert seen[-1] == before
+    with threadpool_limits(1, user_api="blas"):  # a limit around the call is kept
+        monkeypatch.setattr(runtime, "BLAS_SERIAL_MAX_WORK", 1 << 20)
+        runtime.matmul(a, b, out)
+        assert blas.get() == 1
+
+
+def test_warmup_reports_what_it_did():
+    report = nnkern.warmup(["dense", "loss"], dtypes=("float32",))
+    assert set(report["ops"]) == {"dense", "loss"}
+    assert report["dtypes"] == ["float32"] and report["variants"] == ["serial", "parallel"]
+    assert report["signatures"] > 0 and report["seconds"] >= 0
+    assert report["compiled"] >= 0 and report["loaded"] >= 0
+    assert "kernel signatures ready" in str(report)
+    again = nnkern.warmup("dense", parallel=False)
+    assert again["compiled"] == again["loaded"] == 0  # all in memory already
+    assert again["variants"] == ["serial"]
+
+
+def test_warmup_restores_the_parallel_threshold_and_rejects_bad_arguments():
+    from nnkern import _jit
+    before = _jit.PARALLEL_MIN_WORK
+    nnkern.warmup("dropout", serial=False)
+    assert _jit.PARALLEL_MIN_WORK == before
+    with pytest.raises(ValueError, match=r"unknown ops \['densse'\]; choose from"):
+        nnkern.warmup(["densse"])
+    with pytest.raises(TypeError, match="dtypes must be float32 and/or float64, got int32"):
+        nnkern.warmup("dense", dtypes=("int32",))
+    with pytest.raises(ValueError, match="nothing to compile"):
+        nnkern.warmup("dense", parallel=False, serial=False)
+    assert set(runtime.warmup_ops()) >= {"dense", "conv2d", "pool2d", "batch_norm", "layers"}
