@@ -16,14 +16,10 @@ __version__ = "0.1.0"
 
 import os  # noqa: E402
 
-# Numba's OpenMP threads and OpenBLAS's threads both busy-wait after each parallel region. nnkern
-# alternates between them (a Numba im2col, then a BLAS GEMM), so each pool's spinning steals the
-# cores the other needs next: on 2 cores a conv forward+backward took 258 ms with the default
-# spinning and 107 ms with brief spinning (BN then conv: 101 -> 32 ms). Spin briefly, then sleep.
-# setdefault: the user's own settings win. GOMP_SPINCOUNT is read when Numba first loads its
-# OpenMP layer (the first parallel kernel); OPENBLAS_THREAD_TIMEOUT (2**16 cycles) when NumPy
-# loads OpenBLAS, so it only takes effect if nnkern is imported before NumPy.
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+# OpenBLAS's threads busy-wait after each BLAS call, on the cores nnkern's Numba kernels need
+# next (a conv step on 2 cores: 258 ms with the default wait, 107 ms without). 2**16 cycles,
+# then sleep; setdefault: the user's own setting wins. Read when NumPy loads OpenBLAS, so it only
+# takes effect if nnkern is imported before NumPy. (Numba's side: see nnkern/_jit.py.)
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 
 from nnkern import datasets, functional, init, layers, losses, models, optim  # noqa: E402

@@ -47,6 +47,16 @@ def _set_cache_dir():
 
 _set_cache_dir()  # before any kernel is decorated: the cache locator is chosen at decoration
 
+# Numba's "workqueue" threading layer: its threads sleep between parallel regions instead of
+# spinning. With the default OpenMP layer, spinning Numba threads fought BLAS and the conv's
+# worker threads over 2 cores (CNN step 90 ms vs 31 ms, VGG-10 step 1.2 s vs 0.6 s), and the
+# cure on that side, GOMP_SPINCOUNT, is read by PyTorch's OpenMP too (its small ops got 5x
+# slower in the same process). workqueue must not run parallel kernels from several Python
+# threads at once (it aborts): nnkern never does; users who do set NUMBA_THREADING_LAYER=omp.
+# Takes effect at Numba's first parallel launch; an explicit NUMBA_THREADING_LAYER wins.
+if not os.environ.get("NUMBA_THREADING_LAYER"):
+    numba.config.THREADING_LAYER = "workqueue"
+
 _OPTIONS = dict(cache=CACHE, error_model="numpy", fastmath=FASTMATH, nogil=True)
 
 
