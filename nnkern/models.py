@@ -148,16 +148,25 @@ ALLCONV = [(96, 3, 1, 1), (96, 3, 1, 1), (96, 3, 1, 2), (192, 3, 1, 1), (192, 3,
            (192, 3, 1, 2), (192, 3, 0, 1), (192, 1, 0, 1), (10, 1, 0, 1)]
 
 
+def _scaled(units, width):
+    """``units`` times the width multiplier, at least 1."""
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width!r}")
+    return max(1, round(units * width))
+
+
 def allconv(in_channels=3, num_classes=10, image_size=32, variant="plain", dropout=False,
-            rng=None):
+            rng=None, width=1.0):
     """Seed 000's all-convolutional net: 9 convolutions (ReLU after each, the last included),
     global average pooling as the classifier head; spatial dropout 0.5 after the two strided
-    convolutions in the dropout version."""
+    convolutions in the dropout version. ``width`` multiplies the 96/192 hidden channels
+    (not in the seed: 0.25 gives a net small enough for quick CPU runs)."""
     _check_variant(variant)
     rng = make_rng(rng)
     layers = shift_scale_layers(variant, (in_channels, image_size, image_size))
     c_in, side = in_channels, image_size
-    plan = ALLCONV[:-1] + [(num_classes,) + ALLCONV[-1][1:]]
+    plan = [(_scaled(c, width),) + tuple(rest) for c, *rest in ALLCONV[:-1]] + \
+        [(num_classes,) + ALLCONV[-1][1:]]
     for i, (c_out, k, pad, stride) in enumerate(plan):
         layers.append(L.Conv2D(c_in, c_out, k, stride=stride, padding=pad,
                                bias=variant != "bn", weight_init="he_normal",
@@ -175,13 +184,15 @@ def allconv(in_channels=3, num_classes=10, image_size=32, variant="plain", dropo
     return Sequential(*layers)
 
 
-def mlp24(in_features=3072, num_classes=10, variant="plain", dropout=False, rng=None):
+def mlp24(in_features=3072, num_classes=10, variant="plain", dropout=False, rng=None,
+          width=1.0):
     """Seed 000's 24-layer MLP: 3000, 1000, 10 × 1000, 300, 10 × 300 units, ReLU after each
     hidden layer; He init, Glorot for the last layer; dropout 0.5 after the 1st and 12th
-    layers in the dropout version."""
+    layers in the dropout version. ``width`` multiplies every hidden width (not in the seed:
+    0.1 gives 300, 100, ..., 30 units for quick CPU runs)."""
     _check_variant(variant)
     rng = make_rng(rng)
-    widths = [3000, 1000] + [1000] * 10 + [300] + [300] * 10
+    widths = [_scaled(u, width) for u in [3000, 1000] + [1000] * 10 + [300] + [300] * 10]
     layers = [L.Flatten()] + shift_scale_layers(variant, (in_features,))
     width = in_features
     for i, units in enumerate(widths):
