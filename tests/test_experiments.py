@@ -81,6 +81,7 @@ def test_train_rejects_bad_options(capsys, argv, message):
     (["--width", "0.5"], "--width applies to allconv and mlp24"),
     (["--data", "/no/such/dir"], "neither a known data set"),
     (["--device", "cuda"], "no CUDA device"),
+    (["--threads", "999"], "--threads 999: at most"),
 ])
 def test_train_reports_bad_combinations(capsys, argv, message):
     if "cuda" in argv and nnkern.cuda_available():
