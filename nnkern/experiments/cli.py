@@ -114,6 +114,10 @@ def add_arguments(parser):
     g = parser.add_argument_group("output and machine")
     g.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (default runs/<model>-<timestamp>)")
+    g.add_argument("--checkpoint", action="store_true",
+                   help="also save DIR/checkpoint.npz after every epoch (for --resume)")
+    g.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                   help="continue the run saved in CHECKPOINT (give the same options)")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where to train (default cpu)")
     g.add_argument("--threads", type=opt.positive_int, default=None, metavar="N",
@@ -147,6 +151,8 @@ def run(args):
     from nnkern.experiments.recipes import run as train_run
 
     config = config_from_args(args)
+    if args.resume is not None and not os.path.isfile(args.resume):
+        return _error(f"--resume: no such checkpoint file {args.resume!r}")
     if args.device == "cuda" and not cuda_available():
         return _error("--device cuda, but no CUDA device is available "
                       "(nnkern.cuda_available() is False); use --device cpu")
@@ -169,8 +175,9 @@ def run(args):
     print(data.describe(), flush=True)
     out = args.out or opt.default_out(args.model)
     try:
-        result = train_run(config, data, out=out)
-    except ValueError as e:
+        result = train_run(config, data, out=out, checkpoint=args.checkpoint,
+                           resume=args.resume)
+    except (ValueError, FileNotFoundError) as e:
         return _error(str(e))
     h = result.history
     if h.stopped_reason:

@@ -259,10 +259,30 @@ class RunResult:
         return float(np.mean(times)) if times else math.nan
 
 
-def run(config, data, out=None, log=print, summary=True):
+class SaveEachEpoch(nnkern.Callback):
+    """Write history.json, history.png and model.npz into ``out`` after every epoch, so that
+    a long run that is stopped still leaves its curves and latest weights behind."""
+
+    def __init__(self, out, title):
+        self.out, self.title = out, title
+
+    def on_epoch_end(self, epoch, logs):
+        os.makedirs(self.out, exist_ok=True)
+        history = self.trainer.history
+        history.to_json(os.path.join(self.out, "history.json"))
+        history.plot(os.path.join(self.out, "history.png"),
+                     title=f"{self.title} (after epoch {epoch + 1}, running)")
+        nnkern.save(self.trainer.model, os.path.join(self.out, "model.npz"))
+
+
+def run(config, data, out=None, log=print, summary=True, checkpoint=False, resume=None):
     """Build the model and optimizer of ``config``, train on ``data`` (:class:`Data`),
     evaluate on its test split, and (with ``out``) write history.json, history.png,
-    model.npz and result.json there. Returns a :class:`RunResult`."""
+    model.npz and result.json there (the first three also after every epoch). Returns a
+    :class:`RunResult`.
+
+    checkpoint: also save ``out``/checkpoint.npz after every epoch (``nnkern.Checkpoint``);
+    resume: the path of such a checkpoint to continue from (same config and data)."""
     start = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     model = build_model(config.model, data.sample_shape, data.num_classes, bn=config.bn,
@@ -275,6 +295,13 @@ def run(config, data, out=None, log=print, summary=True):
                                        early_stop=config.early_stop,
                                        plateau_patience=config.plateau_patience,
                                        step_size=config.step_size, gamma=config.gamma)
+    if out is not None:
+        callbacks.append(SaveEachEpoch(out, f"{config.model} on {data.name}"))
+        if checkpoint:
+            callbacks.append(nnkern.Checkpoint(os.path.join(out, "checkpoint.npz")))
+            notes.append(f"checkpoint after every epoch: {os.path.join(out, 'checkpoint.npz')}")
+    if resume is not None:
+        notes.append(f"resuming from {resume}")
     if summary:
         model.summary((config.batch_size,) + data.sample_shape, print_fn=log)
     mu = f", momentum {config.momentum:g}" if config.optimizer in ("momentum", "nesterov") else ""
@@ -286,7 +313,7 @@ def run(config, data, out=None, log=print, summary=True):
     history = nnkern.fit(model, losses.SoftmaxCrossEntropy(), optimizer, train=data.train,
                          val=data.val, epochs=config.epochs, batch_size=config.batch_size,
                          seed=config.seed, callbacks=callbacks, device=config.device,
-                         progress=config.progress)
+                         progress=config.progress, resume=resume)
     test = nnkern.evaluate(model, *data.test, loss=losses.SoftmaxCrossEntropy())
     result = RunResult(history=history, test=test, model=model,
                        seconds=time.perf_counter() - start, config=config)
