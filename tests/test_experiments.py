@@ -127,6 +127,17 @@ def test_train_cnn_without_bn(tmp_path, capsys):
     assert result["data"]["test"] == 100
 
 
+def test_train_checkpoint_and_resume(tmp_path, capsys):
+    out = str(tmp_path / "ck")
+    argv = ["train", *SMALL, "--limit", "300", "--test-limit", "50", "--checkpoint", "--out", out]
+    assert main([*argv, "--epochs", "1"]) == 0
+    assert os.path.getsize(os.path.join(out, "checkpoint.npz")) > 0
+    assert main([*argv, "--epochs", "2", "--resume", os.path.join(out, "checkpoint.npz")]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert nnkern.History.from_json(os.path.join(out, "history.json")).epochs_completed == 2
+    assert main([*argv, "--resume", str(tmp_path / "missing.npz")]) == 2
+
+
 def test_default_data_falls_back_to_the_embedded_subset_loudly(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(loaders, "SYSTEM_DIRS", {})
     monkeypatch.delenv("NNKERN_DATA", raising=False)
