@@ -83,7 +83,7 @@ def compare_histories(histories, path, title=None):
             ax_loss.plot(range(1, len(h["val_loss"]) + 1), h["val_loss"], "o", ms=3,
                          color=color, label=f"{label}: validation")
         if h["val_accuracy"]:
-            ax_acc.plot(range(1, len(h["val_accuracy"]) + 1), h["val_accuracy"], "-",
+            ax_acc.plot(range(1, len(h["val_accuracy"]) + 1), h["val_accuracy"], "o-", ms=3,
                         color=color, label=f"{label}: validation")
         if h["accuracy"]:
             ax_acc.plot(range(1, len(h["accuracy"]) + 1), h["accuracy"], "--", color=color,
@@ -91,8 +91,8 @@ def compare_histories(histories, path, title=None):
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy")
     finite = [v for h in histories.values() for v in h.steps["ema_loss"] if math.isfinite(v)]
-    if finite and max(finite) > 10 * np.median(finite):  # a diverging run: keep the rest readable
-        ax_loss.set_ylim(0, 3 * np.median(finite))
+    if finite and max(finite) > 10 * np.median(finite):  # a diverging run: show both on a log axis
+        ax_loss.set_yscale("log")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
