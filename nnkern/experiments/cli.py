@@ -184,7 +184,8 @@ def run(args):
         print(f"stopped: {h.stopped_reason}")
     best = h.best("val_accuracy") if h["val_accuracy"] and not all(
         v != v for v in h["val_accuracy"]) else None
-    print(f"epochs: {h.epochs_completed}, mean {result.epoch_seconds:.2f} s per epoch "
+    fastest = f", fastest {min(h['time']):.2f} s" if h["time"] else ""
+    print(f"epochs: {h.epochs_completed}, mean {result.epoch_seconds:.2f} s per epoch{fastest} "
           "(training steps only)")
     if best is not None:
         print(f"best validation accuracy: {best.value:.4f} (epoch {best.epoch + 1})")
