@@ -122,24 +122,31 @@ def vgg10(in_channels=1, num_classes=10, batch_norm=False, activation="relu", dr
 
 
 def small_cnn(in_channels=1, num_classes=10, image_size=28, batch_norm=True, activation="relu",
-              dropout=0.25, weight_init=None, rng=None):
-    """conv 32 → pool → conv 64 → pool → dense 128 → classifier, BN after each conv/dense."""
+              dropout=0.25, weight_init=None, rng=None, convs_per_block=1, hidden=128):
+    """conv 32 → pool → conv 64 → pool → dense 128 → classifier, BN after each conv/dense.
+
+    ``convs_per_block=2`` doubles each convolution (conv 32, conv 32 → pool → conv 64,
+    conv 64 → pool: the 4-convolution CNN of ``python -m nnkern train --model cnn4``, with
+    ``hidden=256`` and ``dropout=0.5`` there); ``hidden`` is the width of the dense layer.
+    """
     rng = make_rng(rng)
     init = weight_init or default_init(activation)
     layers = []
-    _conv_block(layers, in_channels, 32, batch_norm, activation, init, rng)
-    layers.append(L.MaxPool2D(2))
-    _conv_block(layers, 32, 64, batch_norm, activation, init, rng)
-    layers.append(L.MaxPool2D(2))
+    c_in = in_channels
+    for c_out in (32, 64):
+        for _ in range(convs_per_block):
+            _conv_block(layers, c_in, c_out, batch_norm, activation, init, rng)
+            c_in = c_out
+        layers.append(L.MaxPool2D(2))
     side = image_size // 4
-    layers += [L.Flatten(), L.Dense(64 * side * side, 128, bias=not batch_norm,
+    layers += [L.Flatten(), L.Dense(64 * side * side, hidden, bias=not batch_norm,
                                     weight_init=init, bias_init="zeros", rng=rng)]
     if batch_norm:
-        layers.append(L.BatchNorm1D(128))
+        layers.append(L.BatchNorm1D(hidden))
     layers.append(activation_layer(activation))
     if dropout:
         layers.append(L.Dropout(dropout, rng=rng))
-    layers.append(L.Dense(128, num_classes, weight_init=init, bias_init="zeros", rng=rng))
+    layers.append(L.Dense(hidden, num_classes, weight_init=init, bias_init="zeros", rng=rng))
     return Sequential(*layers)
 
 

@@ -33,6 +33,7 @@ examples:
   python -m nnkern train                                  # MLP 3x100 + BN, 10 epochs
   python -m nnkern train --no-bn --lr 0.1                 # seed 002: vanilla diverges at 0.1
   python -m nnkern train --model cnn --epochs 15
+  python -m nnkern train --model cnn4 --epochs 15 --weight-decay 5e-4
   python -m nnkern train --model vgg --bn --epochs 10
   python -m nnkern train --model allconv --variant lsh_lsc --width 0.25 --optimizer momentum \\
       --schedule none --batch-size 32
@@ -61,7 +62,8 @@ def add_arguments(parser):
                    help="seed 000's variant of allconv/mlp24: plain, bn, sh, sc, sh_sc, csh, "
                         "csc, csh_csc, lsh, lsc, lsh_lsc (default plain)")
     g.add_argument("--dropout", type=opt.probability, default=None,
-                   help="dropout probability (default: mlp/vgg 0, cnn 0.25; allconv/mlp24: "
+                   help="dropout probability (default: mlp/vgg 0, cnn 0.25, cnn4 0.5; "
+                        "allconv/mlp24: "
                         "0.5 selects the seed's dropout version)")
     g.add_argument("--init", default=None,
                    help=f"weight init of mlp/cnn/vgg: {'/'.join(INIT_SCALES)} (seed 002's "

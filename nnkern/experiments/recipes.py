@@ -24,10 +24,12 @@ import nnkern
 from nnkern import init as initializers
 from nnkern import losses, models, optim
 
-MODELS = ("mlp", "cnn", "vgg", "allconv", "mlp24")
+MODELS = ("mlp", "cnn", "cnn4", "vgg", "allconv", "mlp24")
 MODEL_HELP = {
     "mlp": "seed 002's MLP: 3 x 100 units (table 6.2)",
     "cnn": "2-conv CNN: conv32-pool-conv64-pool-dense128 (models.small_cnn, not from a seed)",
+    "cnn4": "4-conv CNN: 2 x conv32-pool-2 x conv64-pool-dense256, dropout 0.5 (not from a "
+            "seed)",
     "vgg": "seed 002's VGG-10: 10 conv 3x3 + 2 dense 512 (table 6.3), on 32x32 input",
     "allconv": "seed 000's all-convolutional net (table 6.2), on 32x32 input",
     "mlp24": "seed 000's 24-layer MLP (table 6.3)",
@@ -121,9 +123,13 @@ def build_model(name, sample_shape, num_classes, *, bn=None, activation="relu", 
         kwargs["dropout"] = float(dropout)
     if name == "mlp":
         return models.mlp(c * h * w, num_classes, **kwargs)
-    if name == "cnn":
+    if name in ("cnn", "cnn4"):
         if h != w:
-            raise ValueError(f"the cnn needs square images, got {h}x{w}")
+            raise ValueError(f"the {name} needs square images, got {h}x{w}")
+        if name == "cnn4":
+            kwargs = dict(dict(dropout=0.5), **kwargs)
+            return models.small_cnn(c, num_classes, image_size=h, convs_per_block=2, hidden=256,
+                                    **kwargs)
         return models.small_cnn(c, num_classes, image_size=h, **kwargs)
     if (h, w) != (32, 32):
         raise ValueError(f"vgg needs 32x32 input (5 poolings to 1x1), got {h}x{w}")
