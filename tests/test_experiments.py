@@ -164,6 +164,7 @@ def test_prepare_data_pads_splits_and_standardises():
     ("mlp", {"bn": False, "activation": "sigmoid", "dropout": 0.5},
      {"Dense", "Sigmoid", "Dropout"}),
     ("cnn", {}, {"Conv2D", "BatchNorm2D", "MaxPool2D"}),
+    ("cnn4", {"bn": False}, {"Conv2D", "MaxPool2D", "Dropout"}),
     ("allconv", {"variant": "lsh_lsc", "width": 0.1}, {"Conv2D", "Shift", "Scale"}),
     ("mlp24", {"bn": True, "width": 0.05}, {"Dense", "BatchNorm1D"}),
 ])
@@ -174,6 +175,14 @@ def test_build_model(name, options, layer_types):
     assert layer_types <= types
     x = np.zeros((2,) + shape, np.float32)
     assert model.forward(x, training=False).shape == (2, 10)
+
+
+def test_cnn4_has_two_convolutions_per_block():
+    model = build_model("cnn4", (1, 28, 28), 10, rng=0)
+    convs = [layer.weight.shape for layer in model if type(layer).__name__ == "Conv2D"]
+    assert convs == [(32, 1, 3, 3), (32, 32, 3, 3), (64, 32, 3, 3), (64, 64, 3, 3)]
+    assert [layer.get_config()["p"] for layer in model
+            if type(layer).__name__ == "Dropout"] == [0.5]
 
 
 def test_init_scales_follow_seed_002():
