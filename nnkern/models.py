@@ -122,24 +122,31 @@ def vgg10(in_channels=1, num_classes=10, batch_norm=False, activation="relu", dr
 
 
 def small_cnn(in_channels=1, num_classes=10, image_size=28, batch_norm=True, activation="relu",
-              dropout=0.25, weight_init=None, rng=None):
-    """conv 32 → pool → conv 64 → pool → dense 128 → classifier, BN after each conv/dense."""
+              dropout=0.25, weight_init=None, rng=None, convs_per_block=1, hidden=128):
+    """conv 32 → pool → conv 64 → pool → dense 128 → classifier, BN after each conv/dense.
+
+    ``convs_per_block=2`` doubles each convolution (conv 32, conv 32 → pool → conv 64,
+    conv 64 → pool: the 4-convolution CNN of ``python -m nnkern train --model cnn4``, with
+    ``hidden=256`` and ``dropout=0.5`` there); ``hidden`` is the width of the dense layer.
+    """
     rng = make_rng(rng)
     init = weight_init or default_init(activation)
     layers = []
-    _conv_block(layers, in_channels, 32, batch_norm, activation, init, rng)
-    layers.append(L.MaxPool2D(2))
-    _conv_block(layers, 32, 64, batch_norm, activation, init, rng)
-    layers.append(L.MaxPool2D(2))
+    c_in = in_channels
+    for c_out in (32, 64):
+        for _ in range(convs_per_block):
+            _conv_block(layers, c_in, c_out, batch_norm, activation, init, rng)
+            c_in = c_out
+        layers.append(L.MaxPool2D(2))
     side = image_size // 4
-    layers += [L.Flatten(), L.Dense(64 * side * side, 128, bias=not batch_norm,
+    layers += [L.Flatten(), L.Dense(64 * side * side, hidden, bias=not batch_norm,
                                     weight_init=init, bias_init="zeros", rng=rng)]
     if batch_norm:
-        layers.append(L.BatchNorm1D(128))
+        layers.append(L.BatchNorm1D(hidden))
     layers.append(activation_layer(activation))
     if dropout:
         layers.append(L.Dropout(dropout, rng=rng))
-    layers.append(L.Dense(128, num_classes, weight_init=init, bias_init="zeros", rng=rng))
+    layers.append(L.Dense(hidden, num_classes, weight_init=init, bias_init="zeros", rng=rng))
     return Sequential(*layers)
 
 
@@ -148,16 +155,25 @@ ALLCONV = [(96, 3, 1, 1), (96, 3, 1, 1), (96, 3, 1, 2), (192, 3, 1, 1), (192, 3,
            (192, 3, 1, 2), (192, 3, 0, 1), (192, 1, 0, 1), (10, 1, 0, 1)]
 
 
+def _scaled(units, width):
+    """``units`` times the width multiplier, at least 1."""
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width!r}")
+    return max(1, round(units * width))
+
+
 def allconv(in_channels=3, num_classes=10, image_size=32, variant="plain", dropout=False,
-            rng=None):
+            rng=None, width=1.0):
     """Seed 000's all-convolutional net: 9 convolutions (ReLU after each, the last included),
     global average pooling as the classifier head; spatial dropout 0.5 after the two strided
-    convolutions in the dropout version."""
+    convolutions in the dropout version. ``width`` multiplies the 96/192 hidden channels
+    (not in the seed: 0.25 gives a net small enough for quick CPU runs)."""
     _check_variant(variant)
     rng = make_rng(rng)
     layers = shift_scale_layers(variant, (in_channels, image_size, image_size))
     c_in, side = in_channels, image_size
-    plan = ALLCONV[:-1] + [(num_classes,) + ALLCONV[-1][1:]]
+    plan = [(_scaled(c, width),) + tuple(rest) for c, *rest in ALLCONV[:-1]] + \
+        [(num_classes,) + ALLCONV[-1][1:]]
     for i, (c_out, k, pad, stride) in enumerate(plan):
         layers.append(L.Conv2D(c_in, c_out, k, stride=stride, padding=pad,
                                bias=variant != "bn", weight_init="he_normal",
@@ -175,13 +191,15 @@ def allconv(in_channels=3, num_classes=10, image_size=32, variant="plain", dropo
     return Sequential(*layers)
 
 
-def mlp24(in_features=3072, num_classes=10, variant="plain", dropout=False, rng=None):
+def mlp24(in_features=3072, num_classes=10, variant="plain", dropout=False, rng=None,
+          width=1.0):
     """Seed 000's 24-layer MLP: 3000, 1000, 10 × 1000, 300, 10 × 300 units, ReLU after each
     hidden layer; He init, Glorot for the last layer; dropout 0.5 after the 1st and 12th
-    layers in the dropout version."""
+    layers in the dropout version. ``width`` multiplies every hidden width (not in the seed:
+    0.1 gives 300, 100, ..., 30 units for quick CPU runs)."""
     _check_variant(variant)
     rng = make_rng(rng)
-    widths = [3000, 1000] + [1000] * 10 + [300] + [300] * 10
+    widths = [_scaled(u, width) for u in [3000, 1000] + [1000] * 10 + [300] + [300] * 10]
     layers = [L.Flatten()] + shift_scale_layers(variant, (in_features,))
     width = in_features
     for i, units in enumerate(widths):
