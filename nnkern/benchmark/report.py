@@ -104,7 +104,8 @@ def step_rows(result):
             "torch ms": _f(_ms(t and t["time"]), ".2f"),
             "×torch": _f(r.get("ratio_vs_torch"), ".2f"),
             "loss check": "-" if not check else
-            ("ok" if check["ok"] else "MISMATCH") + f" ({check['max_rel_diff']:.0e})",
+            ("ok" if check["ok"] else "MISMATCH") + " (" + ", ".join(
+                f"{d:.0e}" for d in check.get("rel_diffs", [check["max_rel_diff"]])) + ")",
         })
     return rows
 

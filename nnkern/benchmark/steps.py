@@ -4,8 +4,12 @@ Models (batch 64, float32): seed 002's MLP 3×100 with and without batch norm (2
 VGG-10 with and without batch norm (1 channel, 32×32), and ``models.small_cnn`` (BN, dropout
 0.25, 28×28). The PyTorch model is built layer by layer from the nnkern model and loads its
 state_dict, so both start from the same weights. Before timing, both take three steps on the
-same batch with dropout switched off, and their losses must agree (relative difference below
-``LOSS_RTOL``): this checks that the two steps compute the same thing. Dropout is then switched
+same batch with dropout switched off, and their losses must agree: the first loss (same
+weights, same data: only float32 rounding differs) within ``LOSS_RTOL_FIRST``, the later ones
+(after backward and update) within ``LOSS_RTOL_LATER``. The later tolerance is loose because
+float32 rounding differences grow quickly in training: for VGG-10 with BN, float64 runs of both
+frameworks agree to 1e-13 over three steps while float32 runs drift apart by ~1e-2 in loss at
+step three (rounding amplified by large first updates on one batch). Dropout is then switched
 back on for timing. nnkern skips the input gradient of the first layer, as torch does for an
 input that does not require a gradient.
 """
@@ -15,7 +19,8 @@ import numpy as np
 from nnkern.benchmark.stats import Timed, interleave, rate
 from nnkern.benchmark.torch_ref import set_dropout, tensor, torch_model
 
-LOSS_RTOL = 2e-3
+LOSS_RTOL_FIRST = 1e-4
+LOSS_RTOL_LATER = 5e-2
 LR, MOMENTUM = 0.01, 0.9
 
 
@@ -101,11 +106,14 @@ def run_step(name, *, batch, ctx, clocks, repeat, target, warmup, log=print):
             if i == 0:
                 first["torch"] = t
         set_dropout(model, tmodel, old_p)
-        diff = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(nn_losses, t_losses))
-        row["loss_check"] = {"nnkern": nn_losses, "torch": t_losses, "max_rel_diff": diff,
-                             "rtol": LOSS_RTOL, "ok": bool(diff <= LOSS_RTOL),
+        diffs = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(nn_losses, t_losses)]
+        ok = diffs[0] <= LOSS_RTOL_FIRST and max(diffs[1:]) <= LOSS_RTOL_LATER
+        diff = max(diffs)
+        row["loss_check"] = {"nnkern": nn_losses, "torch": t_losses, "rel_diffs": diffs,
+                             "max_rel_diff": diff, "rtol_first": LOSS_RTOL_FIRST,
+                             "rtol_later": LOSS_RTOL_LATER, "ok": bool(ok),
                              "how": "3 steps on one batch from the same weights, dropout off"}
-        if diff > LOSS_RTOL:
+        if not ok:
             log(f"  WARNING {name}: nnkern and torch losses disagree (max rel. diff {diff:.2e}): "
                 f"nnkern {nn_losses} torch {t_losses}")
     else:
