@@ -262,7 +262,7 @@ def roofline(result, path):
     bw = (result["ceilings"].get("copy") or {}).get("gbs")
     points = [(r, r["results"][c]) for r in result["kernels"] for c in ("nnkern", "torch")
               if c in r["results"] and r["results"][c]["gflops"] and r["intensity"]]
-    fig, ax = plt.subplots(figsize=(11, 7), dpi=110)
+    fig, ax = plt.subplots(figsize=(14, 9), dpi=110)
     xs = [r["intensity"] for r, _ in points] or [0.1, 100]
     lo, hi = min(xs) / 3, max(xs) * 3
     if peak and bw:
@@ -279,7 +279,8 @@ def roofline(result, path):
         if contender == "nnkern":
             ax.scatter(r["intensity"], res["gflops"], color=color, marker=marker, s=36,
                        zorder=3, edgecolors="black", linewidths=0.4)
-            ax.annotate(f"{r['name']} {r['pass'][:3]}", (r["intensity"], res["gflops"]),
+            ax.annotate(f"{r['name'].removeprefix('vgg ')} {_PASS_ABBR.get(r['pass'], '')}",
+                        (r["intensity"], res["gflops"]),
                         fontsize=5, xytext=(3, 2), textcoords="offset points", color=color)
         else:
             ax.scatter(r["intensity"], res["gflops"], facecolors="none", edgecolors=color,
