@@ -26,8 +26,8 @@ import time
 import numpy as np
 
 import nnkern
-from nnkern import datasets, losses, models, optim
-from nnkern.experiments import add_example_arguments, load_dataset, set_threads
+from nnkern import losses, models, optim
+from nnkern.experiments import add_example_arguments, load_dataset, prepare_data, set_threads
 from nnkern.experiments.report import compare_histories, markdown_table, write_json
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -42,17 +42,11 @@ if args.threads:
 # -- data: pad to 32x32, hold out 10 %, standardise with training statistics -----------------
 dataset = load_dataset(args.data)
 print(dataset.summary())
-(x, y), (x_test, y_test) = dataset
-if args.limit:
-    keep = datasets.stratified_indices(y, args.limit, np.random.default_rng(args.seed))
-    x, y = x[keep], y[keep]
-if args.test_limit:
-    keep = datasets.stratified_indices(y_test, args.test_limit, np.random.default_rng(0))
-    x_test, y_test = x_test[keep], y_test[keep]
-x, x_test = datasets.pad_to(x, 32), datasets.pad_to(x_test, 32)   # black border, 1x32x32
-(x_train, y_train), (x_val, y_val) = datasets.train_val_split(x, y, 0.1, seed=args.seed)
-standardizer = datasets.Standardizer("global").fit(x_train)
-x_train, x_val, x_test = (standardizer.transform(a) for a in (x_train, x_val, x_test))
+# prepare_data: stratified --limit subsets, pad, 10 % validation split, global standardisation
+data = prepare_data(dataset=dataset, limit=args.limit, test_limit=args.test_limit, pad=32,
+                    val_split=0.1, seed=args.seed,
+                    test_seed=0)   # the same test images whatever --seed
+(x_train, y_train), (x_val, y_val), (x_test, y_test) = data.train, data.val, data.test
 print(f"{len(x_train)} train / {len(x_val)} validation / {len(x_test)} test images of "
       f"{'x'.join(map(str, x_train.shape[1:]))}")
 

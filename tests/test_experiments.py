@@ -21,6 +21,7 @@ from nnkern.experiments import (
     build_model,
     build_optimizer,
     check_model_options,
+    load_dataset,
     prepare_data,
 )
 
@@ -157,6 +158,19 @@ def test_prepare_data_pads_splits_and_standardises():
     assert abs(float(data.train[0].mean())) < 1e-4 and abs(float(data.train[0].std()) - 1) < 1e-3
     assert data.embedded and data.requested_embedded and "NOTE" in data.warning()
     assert np.bincount(data.train[1], minlength=10).min() > 0
+
+
+def test_prepare_data_test_seed_fixes_the_test_subset():
+    ds = load_dataset("fashion-mnist-small")
+    a = prepare_data(dataset=ds, limit=200, test_limit=50, seed=1, test_seed=0)
+    b = prepare_data(dataset=ds, limit=200, test_limit=50, seed=0)
+    c = prepare_data(dataset=ds, limit=200, test_limit=50, seed=1)
+
+    def raw(d):   # the test images before standardisation
+        return d.test[0] * d.standardizer.std + d.standardizer.mean
+
+    assert np.allclose(raw(a), raw(b), atol=1e-4) and not np.allclose(raw(a), raw(c), atol=1e-4)
+    assert np.array_equal(a.train[0], c.train[0]) and np.array_equal(a.val[0], c.val[0])
 
 
 @pytest.mark.parametrize("name, options, layer_types", [

@@ -10,7 +10,8 @@ Order of the steps (all optional except loading and standardising):
    the 6,000/1,000 subset embedded in nnkern when the full set is nowhere to be found, and
    ``Data.embedded`` / ``Data.warning()`` say so;
 2. ``limit``/``test_limit``: keep a class-stratified, fixed subset of the training/test images
-   (quick runs);
+   (quick runs), drawn with ``seed`` (the test subset with ``test_seed`` when given: the
+   example scripts keep the same test images whatever ``--seed``);
 3. ``pad``: zero-pad the raw images to ``pad`` x ``pad`` (seed 002 feeds 28x28 MNIST to its
    32x32 VGG as 1x32x32, S2:1136; the black border is the background of these images);
 4. ``val_split``: hold out that random fraction of the training images for validation (10 % in
@@ -116,10 +117,12 @@ def _stratified(x, y, n, seed):
 
 
 def prepare_data(data="fashion-mnist", *, limit=None, test_limit=None, pad=None, val_split=0.1,
-                 seed=0, dataset=None):
+                 seed=0, test_seed=None, dataset=None):
     """Load and preprocess a data set (see the module docstring); returns :class:`Data`.
 
-    ``dataset``: an already loaded ``nnkern.datasets.Dataset`` (skips loading ``data``).
+    ``seed`` draws the training subset and the validation split; ``test_seed`` the test subset
+    (default: ``seed``). ``dataset``: an already loaded ``nnkern.datasets.Dataset`` (skips
+    loading ``data``).
     """
     for name, value in (("limit", limit), ("test_limit", test_limit), ("pad", pad)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
@@ -133,7 +136,8 @@ def prepare_data(data="fashion-mnist", *, limit=None, test_limit=None, pad=None,
     full_sizes = (len(x), len(x_test))
     notes = []
     x, y = _stratified(x, y, limit, seed)
-    x_test, y_test = _stratified(x_test, y_test, test_limit, seed)
+    x_test, y_test = _stratified(x_test, y_test, test_limit,
+                                 seed if test_seed is None else test_seed)
     if limit is not None and limit < full_sizes[0]:
         notes.append(f"--limit: a class-stratified subset of {len(x)} training images")
     if test_limit is not None and test_limit < full_sizes[1]:
