@@ -93,6 +93,8 @@ def set_num_threads(n):
                          "and which set_num_threads cannot raise (set the environment variable "
                          "before importing nnkern)")
     import numba
+
+    from nnkern import _jit  # noqa: F401  (picks Numba's threading layer before its threads start)
     numba.set_num_threads(n)
     _load_scipy_blas()
     for lc in _blas_controllers():
@@ -103,6 +105,8 @@ def get_num_threads():
     """The number of threads Numba's parallel kernels use in the calling Python thread (what
     :func:`set_num_threads` set, else ``NUMBA_NUM_THREADS``)."""
     import numba
+
+    from nnkern import _jit  # noqa: F401  (as in set_num_threads)
     return int(numba.get_num_threads())
 
 

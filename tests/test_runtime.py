@@ -1,5 +1,9 @@
 """nnkern.runtime: thread controls, one-thread small GEMMs, warmup (behaviour, no timings)."""
 
+import os
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -110,3 +114,16 @@ def test_warmup_restores_the_parallel_threshold_and_rejects_bad_arguments():
     with pytest.raises(ValueError, match="nothing to compile"):
         nnkern.warmup("dense", parallel=False, serial=False)
     assert set(runtime.warmup_ops()) >= {"dense", "conv2d", "pool2d", "batch_norm", "layers"}
+
+
+def test_workqueue_threading_layer_even_when_threads_are_set_first():
+    # numba.set_num_threads starts Numba's threads, fixing the layer: nnkern must have chosen
+    # it by then (a fresh process, since this one's layer is already fixed).
+    code = ("import numba, nnkern; nnkern.set_num_threads(1); "
+            "import numpy as np; nnkern.functional.relu_forward(np.ones(1 << 20, np.float32)); "
+            "print(numba.threading_layer())")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300, cwd=os.path.dirname(os.path.dirname(nnkern.__file__)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "workqueue"
