@@ -220,6 +220,21 @@ def test_super_chunks_give_the_same_result(rng, monkeypatch, padding):
         assert_close(got, want, scale=5 * 64 / 10 + 1)
 
 
+@pytest.mark.parametrize("padding", [1, 0])
+def test_whole_chunk_tasks_match_the_phases(rng, monkeypatch, padding):
+    # small channel counts run each super-chunk as one task (winograd.TASK_CHANNELS); the
+    # phased path does the same GEMMs and additions per chunk, so results are identical
+    x, w, b = make(rng, 9, 16, 8, 8, 24)
+    dy = rng.standard_normal((9, 24, 8 + 2 * padding - 2, 8 + 2 * padding - 2)).astype(x.dtype)
+    monkeypatch.setattr(winograd, "TASK_TILES", 8)               # 2 tiles per image: 4 tasks
+    monkeypatch.setattr(winograd, "CHUNK_TILES", 8)              # the same chunks in phases
+    assert winograd._task_chunks(9, 4) == winograd._chunks(9, 4, 36, 24, 4)
+    tasks = run_all(x, w, b, dy, padding)
+    monkeypatch.setattr(winograd, "TASK_CHANNELS", 0)
+    for got, want in zip(run_all(x, w, b, dy, padding), tasks):
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("config", [
     (7, 16, 8, 8, 16, 3, 1, 1),             # Winograd, fused backward
     (7, 16, 6, 6, 16, 3, 0, 1),             # Winograd, separate dx and dw

@@ -47,9 +47,11 @@ output tile rather than its 3x3 neighbourhood.
 
 Work split (see _parallel.py): transforms run per range of images, GEMMs per range of xi, each
 phase on the worker threads with BLAS single-threaded; the batch is processed in super-chunks
-of about CHUNK_TILES tiles. Work arrays live in per-thread scratch buffers reused across calls
-(page faults on fresh multi-MiB arrays cost more than the transforms); the largest are the
-transformed filters, a*a*K*C floats (38 MiB for 512x512 filters with F(4x4)).
+of about CHUNK_TILES tiles. With at most TASK_CHANNELS channels a phase holds too little work
+for its hand-offs, and each super-chunk runs whole as one task instead. Work arrays live in
+per-thread scratch buffers reused across calls (page faults on fresh multi-MiB arrays cost more
+than the transforms); the largest are the transformed filters, a*a*K*C floats (38 MiB for
+512x512 filters with F(4x4)).
 """
 
 import numpy as np
@@ -798,6 +800,63 @@ def _backward_inputs(x, dy, n0, nb, m, Th, Tw, V, E, D, p0, P):
     DY[m](dy, n0, nb, Th, Tw, E, D, p0, P)
 
 
+# Small channel counts: whole-chunk tasks. With C, K <= TASK_CHANNELS the phases below cost
+# more in hand-offs than they gain: a 64x32x28x28 -> 32 forward has 11 super-chunks, so 22 waits
+# for both workers (~50 us each on 2 cores, more when a core is busy elsewhere) and ~150 tasks,
+# while each phase holds only ~0.1-0.3 ms of work. Instead each task runs one super-chunk from
+# input transform through GEMMs to output transform on its own thread, in that thread's scratch
+# buffers (which stay in its L2: no transformed arrays move between cores), and the conv waits
+# once. The transformed filters, a*a*K*C floats (<= 0.6 MiB), are shared read-only; dw's chunk
+# partials are summed afterwards in chunk order (the same additions as the phased path).
+
+#: Largest channel count (max(C, K)) that runs as whole-chunk tasks.
+TASK_CHANNELS = 64
+#: Tiles per whole-chunk task: enough rows for BLAS, and several tasks per worker so that a
+#: worker slowed by a busy core does not hold the conv up.
+TASK_TILES = 256
+
+
+def _whole_chunk_tasks(C, K):
+    return max(C, K) <= TASK_CHANNELS
+
+
+def _task_chunks(N, tiles):
+    """Image ranges of the whole-chunk tasks, about TASK_TILES tiles each (fixed by the
+    shapes alone, never by the thread count)."""
+    chunks = -(-N // max(1, min(N, -(-TASK_TILES // tiles))))
+    return [(N * i // chunks, N * (i + 1) // chunks) for i in range(chunks)]
+
+
+def _forward_chunk(x, Ut, bias, pt, pl, c0, c1, out):
+    # out[c0:c1] from x[c0:c1]: V (a*a, P, C) -> M[xi] (P, K) = V[xi] @ Ut[xi] -> out, all on
+    # the calling thread, in its scratch buffers
+    C, K = x.shape[1], out.shape[1]
+    m, a2, Th, Tw = _geometry(out.shape[2], out.shape[3])
+    P = (c1 - c0) * Th * Tw
+    V = scratch("V", (a2, P, C), x.dtype)
+    M = scratch("M", (a2, P, K), x.dtype)
+    INPUT[m](x, c0, c1 - c0, pt, pl, Th, Tw, V.reshape(-1), 0, P)
+    np.matmul(V, Ut, out=M)
+    OUTPUT[m](M.reshape(-1), 0, P, bias, c0, c1 - c0, Th, Tw, out)
+
+
+def _backward_chunk(dy, x, Ud, c0, c1, zeros, W_part, dx):
+    # images c0..c1-1 of the fused padding-1 backward on the calling thread:
+    # W_part[xi] (K, C) = D[xi]^T @ V[xi], X[xi] (P, C) = E[xi] @ Ud[xi] -> dx[c0:c1]
+    C, K = x.shape[1], dy.shape[1]
+    m, a2, Th, Tw = _geometry(dy.shape[2], dy.shape[3])
+    P = (c1 - c0) * Th * Tw
+    V = scratch("V", (a2, P, C), x.dtype)
+    E = scratch("M", (a2, P, K), x.dtype)
+    D = scratch("D", (a2, P, K), x.dtype)
+    X = scratch("X", (a2, P, C), x.dtype)
+    _backward_inputs(x, dy, c0, c1 - c0, m, Th, Tw, V.reshape(-1), E.reshape(-1),
+                     D.reshape(-1), 0, P)
+    np.matmul(D.transpose(0, 2, 1), V, out=W_part)
+    np.matmul(E, Ud, out=X)
+    OUTPUT[m](X.reshape(-1), 0, P, zeros, c0, c1 - c0, Th, Tw, dx)
+
+
 # Each super-chunk runs in phases, each a batch of tasks for the workers: transforms per range
 # of images, then GEMMs per range of xi, then output transforms per range of images. A chunk's
 # output transforms share their phase with the next chunk's input transforms (they touch
@@ -812,6 +871,12 @@ def _conv(x, Ut, first_calls, bias, pt, pl, out):
     K, OH, OW = out.shape[1:]
     m, a2, Th, Tw = _geometry(OH, OW)
     T = Th * Tw
+    if _whole_chunk_tasks(C, K):
+        with single_threaded_blas():
+            run_tasks(first_calls)
+            run_tasks([(_forward_chunk, x, Ut, bias, pt, pl, c0, c1, out)
+                       for c0, c1 in _task_chunks(N, T)])
+        return out
     pending = first_calls
     with single_threaded_blas():
         for c0, c1 in _chunks(N, T, a2, max(C, K), x.itemsize):
@@ -856,6 +921,18 @@ def backward(dy, x, w, g, dx, dw):
     W = scratch("W", (a2, K, C), x.dtype)
     zeros = np.zeros(C, x.dtype)
     pending = filter_transform_calls(w, m, True, Ud)
+    if _whole_chunk_tasks(C, K):
+        chunks = _task_chunks(N, T)
+        parts = scratch("Wparts", (len(chunks), a2, K, C), x.dtype)
+        with single_threaded_blas():
+            run_tasks(pending)
+            run_tasks([(_backward_chunk, dy, x, Ud, c0, c1, zeros, parts[t], dx)
+                       for t, (c0, c1) in enumerate(chunks)])
+            W[...] = parts[0]
+            for t in range(1, len(chunks)):          # in chunk order, as the phased path adds
+                W += parts[t]
+            run_tasks(filter_gradient_calls(W, m, dw))
+        return dx, dw
     with single_threaded_blas():
         for c0, c1 in _chunks(N, T, a2, max(C, K), x.itemsize):
             P = (c1 - c0) * T
