@@ -47,15 +47,34 @@ def _set_cache_dir():
 
 _set_cache_dir()  # before any kernel is decorated: the cache locator is chosen at decoration
 
-# Numba's "workqueue" threading layer: its threads sleep between parallel regions instead of
-# spinning. With the default OpenMP layer, spinning Numba threads fought BLAS and the conv's
-# worker threads over 2 cores (CNN step 90 ms vs 31 ms, VGG-10 step 1.2 s vs 0.6 s), and the
-# cure on that side, GOMP_SPINCOUNT, is read by PyTorch's OpenMP too (its small ops got 5x
-# slower in the same process). workqueue must not run parallel kernels from several Python
-# threads at once (it aborts): nnkern never does; users who do set NUMBA_THREADING_LAYER=omp.
-# Takes effect at Numba's first parallel launch; an explicit NUMBA_THREADING_LAYER wins.
-if not os.environ.get("NUMBA_THREADING_LAYER"):
-    numba.config.THREADING_LAYER = "workqueue"
+def _start_threads():
+    """Start Numba's thread pool now, with OpenMP's waiting set for nnkern.
+
+    OpenMP threads busy-wait after each parallel region (libgomp: ~300,000 spins, about a
+    millisecond). nnkern alternates Numba regions with OpenBLAS calls and the conv's worker
+    threads, which the spinning threads starve: on 2 cores a CNN step took 90 ms instead of
+    31 ms, a VGG-10 step 1.2 s instead of 0.6 s. GOMP_SPINCOUNT=10000 (a few microseconds:
+    enough for back-to-back kernels, then sleep) cures it. libgomp reads it once, when it is
+    loaded, so it is set only while Numba loads its OpenMP layer and then removed again:
+    PyTorch ships its own libgomp, which must keep its own default (with 10000 in its
+    environment, torch's small ops ran 5x slower in the same process). Numba's sleeping
+    "workqueue" layer was the other option; it costs ~0.2 ms per parallel launch here.
+    A GOMP_SPINCOUNT or NUMBA_THREADING_LAYER of the user's own is left as it is.
+    """
+    from numba.np.ufunc import parallel
+    if getattr(parallel, "_is_initialized", False):
+        return  # somebody already started Numba's threads: their choice stands
+    own = "GOMP_SPINCOUNT" not in os.environ
+    if own:
+        os.environ["GOMP_SPINCOUNT"] = "10000"
+    try:
+        numba.get_num_threads()  # loads the threading layer (and libgomp) and starts the pool
+    finally:
+        if own:
+            os.environ.pop("GOMP_SPINCOUNT", None)
+
+
+_start_threads()
 
 _OPTIONS = dict(cache=CACHE, error_model="numpy", fastmath=FASTMATH, nogil=True)
 

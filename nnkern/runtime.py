@@ -94,7 +94,7 @@ def set_num_threads(n):
                          "before importing nnkern)")
     import numba
 
-    from nnkern import _jit  # noqa: F401  (picks Numba's threading layer before its threads start)
+    from nnkern import _jit  # noqa: F401  (starts Numba's threads with nnkern's OpenMP wait)
     numba.set_num_threads(n)
     _load_scipy_blas()
     for lc in _blas_controllers():
