@@ -806,11 +806,14 @@ def _backward_inputs(x, dy, n0, nb, m, Th, Tw, V, E, D, p0, P):
 # while each phase holds only ~0.1-0.3 ms of work. Instead each task runs one super-chunk from
 # input transform through GEMMs to output transform on its own thread, in that thread's scratch
 # buffers (which stay in its L2: no transformed arrays move between cores), and the conv waits
-# once. The transformed filters, a*a*K*C floats (<= 0.6 MiB), are shared read-only; dw's chunk
+# once. The transformed filters, a*a*K*C floats (<= 2.4 MiB), are shared read-only; dw's chunk
 # partials are summed afterwards in chunk order (the same additions as the phased path).
+# Measured fwd+bwd at batch 64 (separate processes, 2 threads): 64->128 at 16x16 25.3 -> 21.7 ms
+# and 128->128 at 16x16 37.4 -> 35.2 ms with 128 instead of 64; larger counts lose (256 at 8x8:
+# 1.6-1.8x slower), their phases hold enough work.
 
 #: Largest channel count (max(C, K)) that runs as whole-chunk tasks.
-TASK_CHANNELS = 64
+TASK_CHANNELS = 128
 #: Tiles per whole-chunk task: enough rows for BLAS, and several tasks per worker so that a
 #: worker slowed by a busy core does not hold the conv up.
 TASK_TILES = 256
