@@ -17,9 +17,10 @@ __version__ = "0.1.0"
 import os  # noqa: E402
 
 # OpenBLAS's threads busy-wait after each BLAS call, on the cores nnkern's Numba kernels need
-# next (a conv step on 2 cores: 258 ms with the default wait, 107 ms without). 2**16 cycles,
-# then sleep; setdefault: the user's own setting wins. Read when NumPy loads OpenBLAS, so it only
-# takes effect if nnkern is imported before NumPy. (Numba's side: see nnkern/_jit.py.)
+# next. With this and Numba's OpenMP wait both brief (Numba's side: nnkern/_jit.py), a conv
+# step on 2 cores took 107 ms instead of 258 ms. 2**16 cycles, then sleep; setdefault: the
+# user's own setting wins. Read when NumPy loads OpenBLAS, so it only takes effect if nnkern
+# is imported before NumPy.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 
 from nnkern import datasets, functional, init, layers, losses, models, optim  # noqa: E402

@@ -11,6 +11,8 @@
   for small work and a ``prange``-parallel one for large work. They must be distinct
   functions because Numba's cache key ignores compile options (numba#6845): the same function
   compiled serial and parallel would load each other's machine code.
+* Numba's threads start when this module is imported, with a brief OpenMP spin-wait that
+  PyTorch's OpenMP in the same process does not see (``_start_threads``).
 """
 
 import hashlib
@@ -46,6 +48,7 @@ def _set_cache_dir():
 
 
 _set_cache_dir()  # before any kernel is decorated: the cache locator is chosen at decoration
+
 
 def _start_threads():
     """Start Numba's thread pool now, with OpenMP's waiting set for nnkern.
