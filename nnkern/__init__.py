@@ -16,11 +16,11 @@ __version__ = "0.1.0"
 
 import os  # noqa: E402
 
-# OpenBLAS's threads busy-wait after each BLAS call, on the cores nnkern's Numba kernels need
-# next. With this and Numba's OpenMP wait both brief (Numba's side: nnkern/_jit.py), a conv
-# step on 2 cores took 107 ms instead of 258 ms. 2**16 cycles, then sleep; setdefault: the
-# user's own setting wins. Read when NumPy loads OpenBLAS, so it only takes effect if nnkern
-# is imported before NumPy.
+# OpenBLAS's threads busy-wait for ~0.1 s after each multi-threaded BLAS call, on the cores
+# nnkern's kernels need next. nnkern's own GEMMs run single-threaded (nnkern.runtime.matmul;
+# not yet the 1x1 and float64 conv paths), but the user's may not. 2**16 cycles, then sleep;
+# setdefault: the user's own setting wins. Read when NumPy loads OpenBLAS, so it only takes
+# effect if nnkern is imported before NumPy. (Numba's threads: nnkern/_jit.py.)
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 
 from nnkern import datasets, functional, init, layers, losses, models, optim  # noqa: E402

@@ -19,9 +19,10 @@ one level of parallelism at a time). :func:`set_num_threads` sets all of them to
 * Numba keeps its count per Python thread (a thread started later uses all
   ``NUMBA_NUM_THREADS``); the BLAS counts are process-wide.
 * Work below ``nnkern._jit.PARALLEL_MIN_WORK`` elements runs serially whatever the count, and
-  GEMMs of at most :data:`BLAS_SERIAL_MAX_WORK` multiply-adds run on one BLAS thread (see
+  GEMMs of at most :data:`BLAS_SERIAL_MAX_WORK` multiply-adds run on this thread (see
   :func:`matmul`): small pieces of work lose more to waking and waiting for a second thread
-  than they gain, and lose milliseconds when another process holds the other core.
+  than they gain, and lose milliseconds when another process holds the other core. nnkern
+  never runs BLAS multi-threaded: larger GEMMs are split over its own worker threads.
 
 Warm-up
 -------
@@ -43,11 +44,11 @@ import numpy as np
 __all__ = ["set_num_threads", "get_num_threads", "max_threads", "thread_info", "matmul",
            "warmup", "WarmupReport", "BLAS_SERIAL_MAX_WORK"]
 
-#: GEMMs with at most this many multiply-adds (M*N*K) run on one BLAS thread. 2**23 covers
-#: every product of a 784-100-100-100-10 MLP at batch 64 (at most 5e6, ~0.1 ms on one core),
-#: where a second thread saves at best a few tens of microseconds and costs milliseconds
-#: when it is not scheduled at once. ``NNKERN_BLAS_SERIAL_MAX_WORK=0`` turns this off.
-BLAS_SERIAL_MAX_WORK = int(os.environ.get("NNKERN_BLAS_SERIAL_MAX_WORK", str(1 << 23)))
+#: GEMMs with at most this many multiply-adds (M*N*K) run whole on the calling thread; larger
+#: ones are split over nnkern's worker threads (:func:`matmul`). 2**26 covers every product of
+#: the seed 002 MLP and VGG-10 at batch 64 (at most 1.7e7, ~0.4 ms on one core), where a
+#: split saved nothing (VGG-10's 64x512x512 forward: 0.39 ms whole, 0.45 ms in 4 tasks).
+BLAS_SERIAL_MAX_WORK = int(os.environ.get("NNKERN_BLAS_SERIAL_MAX_WORK", str(1 << 26)))
 
 
 # ---------------------------------------------------------------------------------- threads
@@ -177,16 +178,24 @@ def _numpy_blas():
 
 
 def matmul(a, b, out=None):
-    """``np.matmul(a, b, out=out)`` for 2-D float arrays, on one BLAS thread when the product
-    has at most :data:`BLAS_SERIAL_MAX_WORK` multiply-adds.
+    """``np.matmul(a, b, out=out)`` for 2-D float arrays, always on single-threaded BLAS.
 
-    The BLAS count is read before and restored after, so a ``threadpool_limits`` block around
-    the call keeps its effect. Only the thread count changes, never the result: OpenBLAS
-    splits a GEMM into blocks of the output, each computed the same way on any thread.
+    Products of at most :data:`BLAS_SERIAL_MAX_WORK` multiply-adds run on this thread; larger
+    ones are cut into :data:`MATMUL_BLOCKS` blocks of output rows (or columns, when those are
+    more), run as tasks on nnkern's worker threads (``nnkern/ops/_parallel.py``).
+
+    Never multi-threaded BLAS, because OpenBLAS's idle threads spin for ~0.1 s after each
+    multi-threaded call (unless ``OPENBLAS_THREAD_TIMEOUT`` was set before NumPy loaded it),
+    on the cores Numba's next kernel needs: with NumPy imported before nnkern, a VGG-10 + BN
+    step took 333 ms instead of 281 ms. The blocks depend on the shapes alone and each is the
+    same single-threaded GEMM on any thread, so results never depend on the thread count.
+    The BLAS count is restored afterwards (a ``threadpool_limits`` block keeps its effect).
     """
-    work = a.shape[0] * a.shape[1] * b.shape[1]
-    if work > BLAS_SERIAL_MAX_WORK:
-        return np.matmul(a, b, out=out)
+    M, N = a.shape[0], b.shape[1]
+    if out is None:
+        out = np.empty((M, N), np.result_type(a, b))
+    if M * a.shape[1] * N > BLAS_SERIAL_MAX_WORK:
+        return _blocked_matmul(a, b, out)
     blas = _blas if _blas is not None else _numpy_blas()
     if not blas.ok:
         return np.matmul(a, b, out=out)
@@ -198,6 +207,28 @@ def matmul(a, b, out=None):
         return np.matmul(a, b, out=out)
     finally:
         blas.set(threads)
+
+
+#: Blocks of a large product (a fixed count: the split must not follow the thread count), each
+#: at least MATMUL_ALIGN rows or columns (OpenBLAS's sgemm works in panels of 16).
+MATMUL_BLOCKS = 4
+MATMUL_ALIGN = 16
+
+
+def _blocked_matmul(a, b, out):
+    from nnkern.ops._parallel import run_tasks, single_threaded_blas
+    M, N = out.shape
+    by_rows = M >= N
+    size = max(M if by_rows else N, 1)
+    per_block = -(-size // MATMUL_BLOCKS)                             # ceil(size / blocks)
+    step = -(-per_block // MATMUL_ALIGN) * MATMUL_ALIGN               # rounded up to ALIGN
+    if by_rows:   # out[i0:i1] = a[i0:i1] @ b
+        calls = [(np.matmul, a[i:i + step], b, out[i:i + step]) for i in range(0, M, step)]
+    else:         # out[:, j0:j1] = a @ b[:, j0:j1]
+        calls = [(np.matmul, a, b[:, j:j + step], out[:, j:j + step]) for j in range(0, N, step)]
+    with single_threaded_blas():
+        run_tasks(calls)
+    return out
 
 
 # ---------------------------------------------------------------------------------- warm-up

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 import nnkern.functional as F
-from nnkern.ops.conv2d import _parallel, cpu, ref, winograd
+from nnkern.ops import _parallel
+from nnkern.ops.conv2d import cpu, ref, winograd
 from nnkern.ops.conv2d._geometry import conv_geometry
 from nnkern.testing import assert_close, check_gradients, upstream
 

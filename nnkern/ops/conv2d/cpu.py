@@ -39,10 +39,10 @@ import numpy as np
 from numba import prange
 
 from nnkern._jit import cpu_inline, cpu_kernel
+from nnkern.ops._parallel import run_tasks, scratch, single_threaded_blas
 from nnkern.ops._reduce import channel_sums
 from nnkern.ops.conv2d import winograd
 from nnkern.ops.conv2d._geometry import conv_geometry
-from nnkern.ops.conv2d._parallel import run_tasks, scratch, single_threaded_blas
 
 #: Target size of the im2col column buffer of one batch chunk (at least one image per chunk).
 COL_BUFFER_BYTES = 32 << 20
@@ -181,7 +181,7 @@ def _buffers(g, dtype, batch):
 
 # ------------------------------------------------------------ float32: per-image GEMMs on tasks
 # float32 convs that Winograd does not take (the first layer, C = 1 or 3; strides, dilations,
-# other kernel sizes) run as tasks over fixed ranges of images (see _parallel.py): each task
+# other kernel sizes) run as tasks over fixed ranges of images (see ops/_parallel.py): each task
 # unpacks its images with the serial im2col kernel into a per-thread buffer small enough to
 # stay in L2, and multiplies image by image straight into the NCHW output,
 #     y[n] (K, L) = [w | b] (K, CKK + 1) @ [cols_n ; 1] (CKK + 1, L)   (bias as a ones row),

@@ -45,7 +45,7 @@ The dispatcher sends only float32 here; the kernels are dtype-generic and exact 
 float64 (tested). A tile mixes its pixels, so an Inf or NaN input spreads NaN over its whole
 output tile rather than its 3x3 neighbourhood.
 
-Work split (see _parallel.py): transforms run per range of images, GEMMs per range of xi, each
+Work split (see ops/_parallel.py): transforms run per range of images, GEMMs per range of xi, each
 phase on the worker threads with BLAS single-threaded; the batch is processed in super-chunks
 of about CHUNK_TILES tiles. With at most TASK_CHANNELS channels a phase holds too little work
 for its hand-offs, and each super-chunk runs whole as one task instead. Work arrays live in
@@ -57,7 +57,7 @@ than the transforms); the largest are the transformed filters, a*a*K*C floats (3
 import numpy as np
 
 from nnkern._jit import cpu_inline, cpu_serial
-from nnkern.ops.conv2d._parallel import run_tasks, scratch, single_threaded_blas, workers
+from nnkern.ops._parallel import run_tasks, scratch, single_threaded_blas, workers
 
 #: Tiles per super-chunk: the GEMMs' row count P. Fewer rows make BLAS slower and add phase
 #: waits; more make the transformed arrays fall out of cache between the transform and the

@@ -1,11 +1,12 @@
-"""Run a conv's independent tasks on a few Python threads, with BLAS single-threaded.
+"""Run independent tasks on a few Python threads, with BLAS single-threaded.
 
-The Winograd path (winograd.py) splits each phase into tasks that run whole serial kernels: a
-Numba transform of a range of images (compiled ``nogil``) or a batch of BLAS GEMMs through
-``np.matmul`` (which releases the GIL). Threads run the tasks side by side, so the only
-parallelism is across tasks: BLAS runs single-threaded meanwhile (NUMBA_NOTES §1.2: one level
-of parallelism at a time; small GEMMs parallelise badly inside BLAS, and OpenBLAS threads
-spinning against Numba's cost 2x on 2 cores). The worker count follows
+Used by the convolutions and by the large matrix products of ``nnkern.runtime.matmul``
+(dense layers). The Winograd path (conv2d/winograd.py) splits each phase into tasks that run
+whole serial kernels: a Numba transform of a range of images (compiled ``nogil``) or a batch of
+BLAS GEMMs through ``np.matmul`` (which releases the GIL). Threads run the tasks side by side,
+so the only parallelism is across tasks: BLAS runs single-threaded meanwhile (NUMBA_NOTES
+§1.2: one level of parallelism at a time; small GEMMs parallelise badly inside BLAS, and
+OpenBLAS threads spinning against Numba's cost 2x on 2 cores). The worker count follows
 ``numba.get_num_threads()``.
 
 Results never depend on the worker count: every task computes its own outputs with the same
