@@ -210,7 +210,7 @@ def matmul(a, b, out=None):
 
 
 #: Blocks of a large product (a fixed count: the split must not follow the thread count), each
-#: at least MATMUL_ALIGN rows or columns (OpenBLAS's sgemm works in panels of 16).
+#: a multiple of MATMUL_ALIGN rows or columns (whole SIMD registers of float32).
 MATMUL_BLOCKS = 4
 MATMUL_ALIGN = 16
 
