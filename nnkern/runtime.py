@@ -2,11 +2,13 @@
 
 Threads
 -------
-nnkern runs work on three thread pools: Numba's (the ``prange`` kernels), and the OpenBLAS
-copies of NumPy (``np.matmul`` in dense and conv) and of SciPy (BLAS calls inside jitted code,
-when SciPy is installed). Each defaults to every core, and on a small machine two pools busy at
-once, or one pool fighting other processes, cost far more than threads gain (NUMBA_NOTES §1.3:
-one level of parallelism at a time). :func:`set_num_threads` sets all of them together::
+nnkern runs work on Numba's threads (the ``prange`` kernels) and on its own worker threads
+(tasks of the convolutions and of large matrix products, each with single-threaded BLAS;
+``nnkern/ops/_parallel.py``, sized by Numba's count). The OpenBLAS copies of NumPy and of
+SciPy (BLAS calls inside jitted code, when SciPy is installed) have pools of their own. Each
+defaults to every core, and on a small machine two pools busy at once, or one pool fighting
+other processes, cost far more than threads gain (NUMBA_NOTES §1.3: one level of parallelism
+at a time). :func:`set_num_threads` sets all of them together::
 
     nnkern.set_num_threads(1)      # e.g. one process per core, or under MPI
     nnkern.get_num_threads()       # -> 1
@@ -21,8 +23,9 @@ one level of parallelism at a time). :func:`set_num_threads` sets all of them to
 * Work below ``nnkern._jit.PARALLEL_MIN_WORK`` elements runs serially whatever the count, and
   GEMMs of at most :data:`BLAS_SERIAL_MAX_WORK` multiply-adds run on this thread (see
   :func:`matmul`): small pieces of work lose more to waking and waiting for a second thread
-  than they gain, and lose milliseconds when another process holds the other core. nnkern
-  never runs BLAS multi-threaded: larger GEMMs are split over its own worker threads.
+  than they gain, and lose milliseconds when another process holds the other core. Dense
+  layers and float32 convolutions never run BLAS multi-threaded: larger GEMMs are split over
+  the worker threads.
 
 Warm-up
 -------
