@@ -810,7 +810,7 @@ def _backward_inputs(x, dy, n0, nb, m, Th, Tw, V, E, D, p0, P):
 # partials are summed afterwards in chunk order (the same additions as the phased path).
 # Measured fwd+bwd at batch 64 (separate processes, 2 threads): 64->128 at 16x16 25.3 -> 21.7 ms
 # and 128->128 at 16x16 37.4 -> 35.2 ms with 128 instead of 64; larger counts lose (256 at 8x8:
-# 1.6-1.8x slower), their phases hold enough work.
+# 1.5-1.8x slower), their phases hold enough work.
 
 #: Largest channel count (max(C, K)) that runs as whole-chunk tasks.
 TASK_CHANNELS = 128
