@@ -95,6 +95,12 @@ def _openmp_loaded():
 
 _start_threads()
 
+# On Numba's "workqueue" layer (taken above when PyTorch was imported first) a parallel region
+# costs ~0.1 ms to start on 2 cores (its waiting threads spin against the caller), against ~2 µs
+# back to back (~7 µs from sleep) on OpenMP: kernels then go parallel only from 1M elements.
+if numba.threading_layer() == "workqueue" and "NNKERN_PARALLEL_MIN_WORK" not in os.environ:
+    PARALLEL_MIN_WORK = 1 << 20
+
 _OPTIONS = dict(cache=CACHE, error_model="numpy", fastmath=FASTMATH, nogil=True)
 
 

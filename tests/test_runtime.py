@@ -142,15 +142,19 @@ def test_numba_threads_start_with_brief_openmp_spinning_that_does_not_leak(openm
     # since this one's threads are already started.
     code = ("import os, numba, nnkern; nnkern.set_num_threads(1); "
             "import numpy as np; nnkern.functional.relu_forward(np.ones(1 << 20, np.float32)); "
-            "print(numba.threading_layer(), os.environ.get('GOMP_SPINCOUNT'))")
+            "from nnkern import _jit; "
+            "print(numba.threading_layer(), os.environ.get('GOMP_SPINCOUNT'), "
+            "_jit.PARALLEL_MIN_WORK)")
     if openmp_first:
         code = "import ctypes; ctypes.CDLL('libgomp.so.1', mode=ctypes.RTLD_GLOBAL); " + code
     env = {k: v for k, v in os.environ.items()
-           if k not in ("NUMBA_THREADING_LAYER", "GOMP_SPINCOUNT")}
+           if k not in ("NUMBA_THREADING_LAYER", "GOMP_SPINCOUNT", "NNKERN_PARALLEL_MIN_WORK")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=300, cwd=os.path.dirname(os.path.dirname(nnkern.__file__)))
     assert out.returncode == 0, out.stderr
-    layer, spincount = out.stdout.split()
+    layer, spincount, min_work = out.stdout.split()
     assert spincount == "None"
     if sys.platform.startswith("linux"):
         assert layer == ("workqueue" if openmp_first else "omp")
+        # workqueue starts a parallel region in ~0.1 ms: only large kernels go parallel
+        assert int(min_work) == (1 << 20 if openmp_first else 32768)
