@@ -41,7 +41,7 @@ from numba import prange
 from nnkern._jit import cpu_inline, cpu_kernel
 from nnkern.ops._parallel import run_tasks, scratch, single_threaded_blas
 from nnkern.ops._reduce import channel_sums
-from nnkern.ops.conv2d import winograd
+from nnkern.ops.conv2d import direct, winograd
 from nnkern.ops.conv2d._geometry import conv_geometry
 
 #: Target size of the im2col column buffer of one batch chunk (at least one image per chunk).
@@ -259,6 +259,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, *, out=None):
     yv = y.reshape(N, K, L)
     if winograd.applicable(g, x.dtype):
         return winograd.forward(x, w, b, g, y)
+    if direct.applicable(g, x.dtype):
+        return direct.forward(x, w, b, g, y)
     if x.dtype == np.float32 and not g.pointwise:
         return _forward_tasks(x, w, b, g, y)
     wm = w.reshape(K, -1)                                   # (K, C*KH*KW)
@@ -295,6 +297,16 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, *, has_bias=True,
     dyv = dy.reshape(N, K, L)
     wm = w.reshape(K, -1)                                   # (K, C*KH*KW)
     ckk = wm.shape[1]
+
+    if direct.applicable(g, x.dtype):                       # dw and db in one pass over dy
+        dx = None
+        if need_dx:  # the correlation of dy with the flipped filters w[k, c, 2-i, 2-j] as (C, K)
+            wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+            dx = conv2d_forward(dy, wf, None, 1, (2 - g.pt, 2 - g.pl), 1, out=dx_out)
+        dw = np.empty_like(w) if dw_out is None else dw_out
+        db = (np.empty(K, x.dtype) if db_out is None else db_out) if has_bias else None
+        direct.backward(dy, x, g, dw, db)
+        return dx, dw, db
 
     db = None
     if has_bias:
