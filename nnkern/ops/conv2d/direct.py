@@ -11,10 +11,10 @@ and cut to the output width, one row per padded input row (OH + 2 rows of OW):
 
 Flattened to p = oh*OW + ow, the tap (i, j) of output p reads xs[c, j] at p + i*OW: every tap is
 a contiguous run of the same length L = OH*OW, so each kernel below is one long unit-stride
-loop over p (vectorised by LLVM; the views ``xs[c, j, i*OW:]`` keep the index p provably
-non-negative, so no wraparound check turns the loads into gathers). The copies take 3*C*(OH+2)*OW
-floats (39 KiB for C = 3 at 32x32), built once per image and reused by all K filters while
-they stay in L1.
+loop over p (vectorised by LLVM; the taps are read from one flat array at unsigned offsets,
+so no negative-index wraparound check turns the loads into gathers, see _tap_offsets). The
+copies take 3*C*(OH+2)*OW floats (39 KiB for C = 3 at 32x32), built once per image and reused
+by all K filters; one channel's 13 KiB stays in L1 through a pass.
 
     forward   y[n, k, p]  = b[k] + sum_{c,i,j} w[k, c, i, j] * xs[c, j, p + i*OW]
     backward  dw[k, c, i, j] = sum_n sum_p dy[n, k, p] * xs_n[c, j, p + i*OW]
@@ -145,8 +145,9 @@ def _forward_kernel(x, w, b, y, pt, pl):
     # x: (N, C, H, W), w: (K, C, 3, 3), b: (K,) -> y: (N, K, OH, OW)
     # y[n, k, p] = b[k] + sum_{c,i,j} w[k, c, i, j] * xs[c, j, p + i*OW]      (p = oh*OW + ow)
     # One iteration per image. With C >= 2 two filters share each pass (halves the loads of
-    # the taps: 1.50 vs 1.62 ms at C = 3); with C = 1 the pass is bound by the stores of y,
-    # which one plane at a time streams better (0.54 vs 0.68 ms).
+    # the taps; 1.50 vs 1.62 ms at C = 3 with per-tap views, no difference measured (1.55 ms)
+    # with the flat unsigned taps); with C = 1 the pass is bound by the stores of y, which one
+    # plane at a time streams better (0.54 vs 0.68 ms, per-tap views).
     N, C = x.shape[0], x.shape[1]
     K, OH, OW = w.shape[0], y.shape[2], y.shape[3]
     L = OH * OW
@@ -246,7 +247,7 @@ def _backward_kernel(dy, x, part, dbp, pt, pl):
     #   part (N, K, C, 9): part[n, k, c, 3i + j] = sum_p dy[n, k, p] * xs_n[c, j, p + i*OW]
     #   dbp (N, K):        dbp[n, k] = sum_p dy[n, k, p]
     # One iteration per image; filters in pairs, per (pair, c) one loop of 18 dot products
-    # over the plane (1.36 vs 1.79 ms one filter at a time, C = 3).
+    # over the plane (1.36 vs 1.79 ms one filter at a time, C = 3, measured with per-tap views).
     N, C = x.shape[0], x.shape[1]
     K, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
     L = OH * OW
