@@ -1,13 +1,15 @@
 import itertools
 
 import hypothesis
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import nnkern._jit as jit
 import nnkern.functional as F
-from nnkern.ops.conv2d import cpu, ref
+from nnkern.ops.conv2d import cpu, direct, ref
 from nnkern.testing import assert_close, check_gradients, upstream
 
 # (N, C, H, W, K, KH, KW, stride, padding, dilation, bias, need_dx)
@@ -182,6 +184,60 @@ def test_writes_into_out_buffers(rng):
     assert all(g is buf for g, buf in zip(grads, bufs))
     dx, dw, db = F.conv2d_backward(np.ones_like(y), x, w, 2, 1, out=(None, bufs[1], None))
     assert dw is bufs[1] and dx is not bufs[0] and db is not None
+
+
+# ------------------------------------------------------------------ direct path (few channels)
+
+# (N, C, H, W, K, KH, KW, stride, padding, dilation, bias, need_dx): float32, 3x3, stride 1
+DIRECT_CONFIGS = [
+    (N, C, 5, 7, 3, 3, 3, 1, padding, 1, bias, need_dx)
+    for N, C, padding, bias, need_dx in [
+        (1, 1, 1, True, True), (3, 1, 0, False, False), (2, 1, 2, True, False),
+        (1, 2, 0, True, True), (3, 2, 1, False, True), (2, 2, 2, True, True),
+        (1, 3, 2, False, True), (3, 3, 1, True, False), (2, 3, 0, True, True)]
+] + [
+    (4, 3, 32, 32, 8, 3, 3, 1, 1, 1, True, True),           # the first layer's shape, batch 4
+    (2, 3, 3, 4, 5, 3, 3, 1, "same", 1, True, True),        # "same" = padding 1
+    (2, 1, 1, 2, 2, 3, 3, 1, 2, 1, True, True),             # padding wider than the input
+]
+
+
+@pytest.mark.parametrize("config", DIRECT_CONFIGS, ids=str)
+def test_direct_path_matches_reference(rng, variant, config):
+    N, C, H, W, K, KH, KW, stride, padding, dilation, _, _ = config
+    g = cpu.conv_geometry("", (N, C, H, W), (K, C, KH, KW), stride, padding, dilation)
+    assert direct.applicable(g, np.float32)                 # the path under test is taken
+    compare_with_reference(rng, config, np.float32)
+
+
+def test_direct_path_only_for_few_channels_and_float32():
+    def geometry(C, KH=3, stride=1, dilation=1):
+        return cpu.conv_geometry("", (2, C, 8, 8), (4, C, KH, KH), stride, 1, dilation)
+    assert direct.applicable(geometry(direct.MAX_CHANNELS), np.float32)
+    assert not direct.applicable(geometry(direct.MAX_CHANNELS + 1), np.float32)
+    assert not direct.applicable(geometry(1), np.float64)   # float64 keeps the exact path
+    assert not direct.applicable(geometry(1, KH=5), np.float32)
+    assert not direct.applicable(geometry(1, stride=2), np.float32)
+    assert not direct.applicable(geometry(1, dilation=2), np.float32)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+@pytest.mark.parametrize("C", [1, 3])
+def test_direct_path_is_independent_of_thread_count(rng, monkeypatch, C):
+    monkeypatch.setattr(jit, "PARALLEL_MIN_WORK", 0)        # the prange variants throughout
+    x, w, b = make(rng, 5, C, 9, 11, 6, 3, 3, np.float32)
+    dy = rng.standard_normal((5, 6, 9, 11)).astype(np.float32)
+    results = []
+    threads = numba.get_num_threads()
+    try:
+        for n in (1, 2):
+            numba.set_num_threads(n)
+            results.append((F.conv2d_forward(x, w, b, 1, 1),
+                            *F.conv2d_backward(dy, x, w, 1, 1, need_dx=False)[1:]))
+    finally:
+        numba.set_num_threads(threads)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
 
 
 # ------------------------------------------------------------------ gradients
