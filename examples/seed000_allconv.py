@@ -29,7 +29,7 @@ import nnkern
 from nnkern import losses, models, optim
 from nnkern.experiments import add_example_arguments, load_dataset, prepare_data, set_threads
 from nnkern.experiments.options import positive_float
-from nnkern.experiments.report import write_json
+from nnkern.experiments.report import save_training, write_json
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 add_example_arguments(parser, epochs=10, batch_size=32, lr=0.01, out="runs/seed000_allconv")
@@ -70,11 +70,8 @@ print(f"all-conv {args.variant}{' + dropout' if args.dropout else ''}: test accu
       f"{test['accuracy']:.4f}, loss {test['loss']:.4f}; {history.epochs_completed} epochs "
       f"in {seconds:.1f} s")
 
-os.makedirs(args.out, exist_ok=True)
-history.to_json(os.path.join(args.out, "history.json"))
-history.plot(os.path.join(args.out, "history.png"),
-             title=f"seed 000 all-conv ({args.variant}, width {args.width:g}) on {dataset.name}")
-model.save(os.path.join(args.out, "model.npz"))
+save_training(args.out, history, model,
+              title=f"seed 000 all-conv ({args.variant}, width {args.width:g}) on {dataset.name}")
 write_json(os.path.join(args.out, "result.json"),
            {"data": dataset.summary(), "args": vars(args), "test": test,
             "epochs": history.epochs_completed, "diverged": history.diverged,

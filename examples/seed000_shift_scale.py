@@ -33,7 +33,13 @@ import nnkern
 from nnkern import losses, models, optim
 from nnkern.experiments import add_example_arguments, load_dataset, prepare_data, set_threads
 from nnkern.experiments.options import positive_float, positive_int
-from nnkern.experiments.report import markdown_table, mean_curve, variants_figure, write_json
+from nnkern.experiments.report import (
+    markdown_table,
+    mean_curve,
+    save_training,
+    variants_figure,
+    write_json,
+)
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 add_example_arguments(parser, epochs=10, batch_size=32, lr=None, out="runs/seed000_shift_scale",
@@ -101,9 +107,7 @@ for variant in variants:
         test = nnkern.evaluate(model, x_test, y_test, loss=loss)
         print(f"{variant} run {r + 1}: test accuracy {test['accuracy']:.4f}, "
               f"{seconds:.1f} s" + (" (diverged)" if history.diverged else ""))
-        folder = os.path.join(args.out, variant, f"run{r}")
-        os.makedirs(folder, exist_ok=True)
-        history.to_json(os.path.join(folder, "history.json"))
+        save_training(os.path.join(args.out, variant, f"run{r}"), history)
         runs[variant].append(history)
         tests.append(test)
         results.setdefault(variant, []).append(

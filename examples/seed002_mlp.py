@@ -25,7 +25,12 @@ import numpy as np
 import nnkern
 from nnkern import losses, models, optim
 from nnkern.experiments import add_example_arguments, load_dataset, prepare_data, set_threads
-from nnkern.experiments.report import compare_histories, markdown_table, write_json
+from nnkern.experiments.report import (
+    compare_histories,
+    markdown_table,
+    save_training,
+    write_json,
+)
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 add_example_arguments(parser, epochs=30, batch_size=64, lr=0.01, out="runs/seed002_mlp")
@@ -68,11 +73,7 @@ for name, batch_norm in (("vanilla", False), ("bn", True)):
     print(f"{name}: test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f}, "
           f"{history.epochs_completed} epochs in {seconds:.1f} s")
 
-    folder = os.path.join(args.out, name)
-    os.makedirs(folder, exist_ok=True)
-    history.to_json(os.path.join(folder, "history.json"))
-    history.plot(os.path.join(folder, "history.png"), title=f"seed 002 MLP, {name}")
-    model.save(os.path.join(folder, "model.npz"))
+    save_training(os.path.join(args.out, name), history, model, title=f"seed 002 MLP, {name}")
     histories[name] = history
     best_val = max(history["val_accuracy"]) if history["val_accuracy"] else None
     results[name] = {"test": test, "best_val_accuracy": best_val,

@@ -34,7 +34,12 @@ import nnkern
 from nnkern import losses, models, optim
 from nnkern.experiments import add_example_arguments, load_dataset, prepare_data, set_threads
 from nnkern.experiments.options import int_list
-from nnkern.experiments.report import compare_histories, markdown_table, write_json
+from nnkern.experiments.report import (
+    compare_histories,
+    markdown_table,
+    save_training,
+    write_json,
+)
 
 # row name -> (table "Parameter", table "Value", changes from the baseline)
 ROWS = {
@@ -124,9 +129,7 @@ if not args.no_accuracy:
             test = nnkern.evaluate(model, x_test, y_test, loss=loss)
             print(f"{row} {name}: test accuracy {test['accuracy']:.4f}"
                   + (" (diverged)" if history.diverged else ""))
-            folder = os.path.join(args.out, row, name)
-            os.makedirs(folder, exist_ok=True)
-            history.to_json(os.path.join(folder, "history.json"))
+            save_training(os.path.join(args.out, row, name), history)
             histories[name], cells[name] = history, test["accuracy"]
             results["accuracy"].setdefault(row, {})[name] = {
                 "test": test, "epochs": history.epochs_completed, "diverged": history.diverged,

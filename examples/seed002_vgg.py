@@ -28,7 +28,12 @@ import numpy as np
 import nnkern
 from nnkern import losses, models, optim
 from nnkern.experiments import add_example_arguments, load_dataset, prepare_data, set_threads
-from nnkern.experiments.report import compare_histories, markdown_table, write_json
+from nnkern.experiments.report import (
+    compare_histories,
+    markdown_table,
+    save_training,
+    write_json,
+)
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 add_example_arguments(parser, epochs=10, batch_size=64, lr=0.01, out="runs/seed002_vgg")
@@ -73,11 +78,7 @@ for name, batch_norm in (("vanilla", False), ("bn", True)):
     print(f"{name}: test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f}, "
           f"{history.epochs_completed} epochs in {seconds:.1f} s")
 
-    folder = os.path.join(args.out, name)
-    os.makedirs(folder, exist_ok=True)
-    history.to_json(os.path.join(folder, "history.json"))
-    history.plot(os.path.join(folder, "history.png"), title=f"seed 002 VGG-10, {name}")
-    model.save(os.path.join(folder, "model.npz"))
+    save_training(os.path.join(args.out, name), history, model, title=f"seed 002 VGG-10, {name}")
     histories[name] = history
     per_epoch = float(np.mean(history["time"] or [np.nan]))
     results[name] = {"test": test, "epochs": history.epochs_completed,

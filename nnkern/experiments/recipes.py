@@ -23,6 +23,7 @@ import numpy as np
 import nnkern
 from nnkern import init as initializers
 from nnkern import losses, models, optim
+from nnkern.experiments.report import save_training
 
 MODELS = ("mlp", "cnn", "cnn4", "vgg", "allconv", "mlp24")
 MODEL_HELP = {
@@ -273,12 +274,8 @@ class SaveEachEpoch(nnkern.Callback):
         self.out, self.title = out, title
 
     def on_epoch_end(self, epoch, logs):
-        os.makedirs(self.out, exist_ok=True)
-        history = self.trainer.history
-        history.to_json(os.path.join(self.out, "history.json"))
-        history.plot(os.path.join(self.out, "history.png"),
-                     title=f"{self.title} (after epoch {epoch + 1}, running)")
-        nnkern.save(self.trainer.model, os.path.join(self.out, "model.npz"))
+        save_training(self.out, self.trainer.history, self.trainer.model,
+                      title=f"{self.title} (after epoch {epoch + 1}, running)")
 
 
 def run(config, data, out=None, log=print, summary=True, checkpoint=False, resume=None):
@@ -330,14 +327,10 @@ def run(config, data, out=None, log=print, summary=True, checkpoint=False, resum
 
 def save_run(result, data, out):
     """Write a run's history (JSON and PNG), model and result summary into ``out``."""
-    os.makedirs(out, exist_ok=True)
-    files = {name: os.path.join(out, name) for name in
-             ("history.json", "history.png", "model.npz", "result.json")}
     history, config = result.history, result.config
-    history.to_json(files["history.json"])
     title = f"{config.model} on {data.name}: test accuracy {result.test['accuracy']:.4f}"
-    history.plot(files["history.png"], title=title)
-    nnkern.save(result.model, files["model.npz"])
+    files = save_training(out, history, result.model, title=title)
+    files["result.json"] = os.path.join(out, "result.json")
     summary = {
         "config": asdict(config) | {"progress": None},
         "data": {"name": data.name, "source": data.source, "embedded": data.embedded,

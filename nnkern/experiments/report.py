@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from nnkern.model import save
+
 
 def markdown_table(header, rows):
     """A GitHub-flavoured markdown table from a header list and rows of cells (str() each)."""
@@ -27,6 +29,21 @@ def _cell(value):
 def percent(value):
     """0.8934 -> '89.3' (None -> None)."""
     return None if value is None else f"{100 * value:.1f}"
+
+
+def save_training(folder, history, model=None, title=None):
+    """Write a training run into ``folder``: history.json, history.png (when ``title`` is
+    given: the plot's title) and model.npz (when ``model`` is given). Returns {name: path}."""
+    os.makedirs(folder, exist_ok=True)
+    files = {"history.json": os.path.join(folder, "history.json")}
+    history.to_json(files["history.json"])
+    if title is not None:
+        files["history.png"] = os.path.join(folder, "history.png")
+        history.plot(files["history.png"], title=title)
+    if model is not None:
+        files["model.npz"] = os.path.join(folder, "model.npz")
+        save(model, files["model.npz"])
+    return files
 
 
 def write_json(path, data):
