@@ -65,7 +65,8 @@ def _start_threads():
     If an OpenMP runtime is already loaded (PyTorch imported first), Numba's OpenMP layer binds
     to that one, already initialised with the default spinning (a VGG-10 + BN step: 345 ms
     instead of 293 ms). Then nnkern takes Numba's "workqueue" layer, whose threads sleep
-    between kernels (314 ms) at ~0.2 ms more per parallel launch. A GOMP_SPINCOUNT or
+    between kernels (314 ms), though each parallel launch costs ~0.1-0.2 ms on 2 cores (an
+    empty region: 0.11-0.13 ms, against ~2-7 µs on OpenMP). A GOMP_SPINCOUNT or
     NUMBA_THREADING_LAYER of the user's own is left as it is.
     """
     from numba.np.ufunc import parallel
@@ -96,8 +97,8 @@ def _openmp_loaded():
 _start_threads()
 
 # On Numba's "workqueue" layer (taken above when PyTorch was imported first) a parallel region
-# costs ~0.1 ms to start on 2 cores (its waiting threads spin against the caller), against ~2 µs
-# back to back (~7 µs from sleep) on OpenMP: kernels then go parallel only from 1M elements.
+# costs ~0.1 ms to start on 2 cores, against ~2 µs back to back (~7 µs from sleep) on OpenMP:
+# kernels then go parallel only from 1M elements.
 if numba.threading_layer() == "workqueue" and "NNKERN_PARALLEL_MIN_WORK" not in os.environ:
     PARALLEL_MIN_WORK = 1 << 20
 

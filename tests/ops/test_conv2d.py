@@ -221,6 +221,28 @@ def test_direct_path_only_for_few_channels_and_float32():
     assert not direct.applicable(geometry(1, dilation=2), np.float32)
 
 
+@pytest.mark.parametrize("padding", [0, 1, 2])
+@pytest.mark.parametrize("C", [1, 3])
+def test_direct_path_gradients_finite_difference(rng, monkeypatch, C, padding):
+    """The direct kernels in float64 (applicable() keeps float64 on the exact path: forced
+    here), against finite differences, dx included."""
+    real = direct.applicable
+    taken = []
+
+    def float64_too(g, dtype):
+        ok = real(g, np.float32)
+        taken.append(ok)
+        return ok
+    monkeypatch.setattr(direct, "applicable", float64_too)
+    x, w, b = make(rng, 2, C, 5, 4, 3, 3, 3)
+    args = (1, padding, 1)
+    r = upstream(cpu.conv2d_forward(x, w, b, *args).shape, rng)
+    dx, dw, db = cpu.conv2d_backward(r, x, w, *args)
+    assert taken[0]                                          # the direct path ran
+    check_gradients(lambda: float(np.sum(cpu.conv2d_forward(x, w, b, *args) * r)),
+                    {"x": x, "w": w, "b": b}, {"x": dx, "w": dw, "b": db})
+
+
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
 @pytest.mark.parametrize("C", [1, 3])
 def test_direct_path_is_independent_of_thread_count(rng, monkeypatch, C):

@@ -15,7 +15,7 @@ the first layer's thin convs. Four paths:
   C=3 forward 1.55 (1.40, 2.69), backward 1.54 (1.69, 3.76). The threshold
   (direct.MAX_CHANNELS = 3) covers the measured first layers; 4..15 channels were not measured
   and stay on the GEMM path. At C=3 the direct forward is compute-bound in Numba's 256-bit
-  loops (~150 GFLOP/s) and about 10% slower than torch's; everything else is faster.
+  loops (~150 GFLOP/s) and 5-10% slower than torch's; everything else is faster.
 * other float32 convs except 1x1 (strides; dilations; 4..15 channels): im2col and one GEMM per
   image, run as tasks over fixed image ranges on a few threads (below: "per-image GEMMs on
   tasks"), writing straight into the NCHW output.

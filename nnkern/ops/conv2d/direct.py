@@ -27,6 +27,10 @@ the result is the same bit for bit whatever the thread count or variant.
 
 dx (not needed for a first layer) is the correlation of dy with the flipped, transposed
 filters, done by the general forward path (cpu.py).
+
+The kernels follow their arrays' dtype; ``applicable`` sends only float32 here (float64 keeps
+the exact reference path), and the tests run them in float64 too, for the finite-difference
+gradient check.
 """
 
 import numpy as np
@@ -154,7 +158,7 @@ def _forward_kernel(x, w, b, y, pt, pl):
     offsets = _tap_offsets((OH + 2) * OW, OW)
     pairs = K // 2 if C >= 2 else 0
     for n in prange(N):
-        xs4 = np.empty((C, 3, OH + 2, OW), np.float32)
+        xs4 = np.empty((C, 3, OH + 2, OW), x.dtype)
         _shifted_copies(x, n, xs4, pt, pl)
         xs = xs4.reshape(C, 3 * (OH + 2) * OW)
         for q in range(pairs):
@@ -167,14 +171,15 @@ def _forward_kernel(x, w, b, y, pt, pl):
 def _dw_one(dy, xs, part, dbp, n, k, offsets, L):
     # part[n, k, c, 3i + j] = sum_p dy[n, k, p] * xs[c, j, p + i*OW]; dbp[n, k] = sum_p dy[n, k, p]
     d = dy[n, k].reshape(L)
-    s = np.float32(0)
+    zero = d.dtype.type(0)
+    s = zero
     for p in range(L):
         s += d[p]
     dbp[n, k] = s
     for c in range(xs.shape[0]):
         X = xs[c]
         o0, o1, o2, o3, o4, o5, o6, o7, o8 = offsets
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = np.float32(0)
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
         for p in range(L):
             u = np.uint64(p)
             e = d[p]
@@ -195,11 +200,12 @@ def _dw_one(dy, xs, part, dbp, n, k, offsets, L):
 def _dw_two(dy, xs, part, dbp, n, k, offsets, L):
     # _dw_one for the filters k and k+1 at once: each tap loaded once serves both (18 sums)
     d, e_ = dy[n, k].reshape(L), dy[n, k + 1].reshape(L)
+    zero = d.dtype.type(0)
     for c in range(xs.shape[0]):
         X = xs[c]
         o0, o1, o2, o3, o4, o5, o6, o7, o8 = offsets
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = np.float32(0)
-        r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = r8 = np.float32(0)
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
+        r0 = r1 = r2 = r3 = r4 = r5 = r6 = r7 = r8 = zero
         for p in range(L):
             u = np.uint64(p)
             e, f = d[p], e_[p]
@@ -234,7 +240,7 @@ def _dw_two(dy, xs, part, dbp, n, k, offsets, L):
         q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8] = s0, s1, s2, s3, s4, s5, s6, s7, s8
         q = part[n, k + 1, c]
         q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8] = r0, r1, r2, r3, r4, r5, r6, r7, r8
-    s, r = np.float32(0), np.float32(0)       # db, from L1 now that the dot products read dy
+    s, r = zero, zero                         # db, from L1 now that the dot products read dy
     for p in range(L):
         s += d[p]
         r += e_[p]
@@ -243,7 +249,7 @@ def _dw_two(dy, xs, part, dbp, n, k, offsets, L):
 
 @cpu_kernel
 def _backward_kernel(dy, x, part, dbp, pt, pl):
-    # dy: (N, K, OH, OW), x: (N, C, H, W) -> per-image float32 partials
+    # dy: (N, K, OH, OW), x: (N, C, H, W) -> per-image partials in x's dtype
     #   part (N, K, C, 9): part[n, k, c, 3i + j] = sum_p dy[n, k, p] * xs_n[c, j, p + i*OW]
     #   dbp (N, K):        dbp[n, k] = sum_p dy[n, k, p]
     # One iteration per image; filters in pairs, per (pair, c) one loop of 18 dot products
@@ -253,7 +259,7 @@ def _backward_kernel(dy, x, part, dbp, pt, pl):
     L = OH * OW
     offsets = _tap_offsets((OH + 2) * OW, OW)
     for n in prange(N):
-        xs4 = np.empty((C, 3, OH + 2, OW), np.float32)
+        xs4 = np.empty((C, 3, OH + 2, OW), x.dtype)
         _shifted_copies(x, n, xs4, pt, pl)
         xs = xs4.reshape(C, 3 * (OH + 2) * OW)
         for q in range(K // 2):
@@ -264,15 +270,15 @@ def _backward_kernel(dy, x, part, dbp, pt, pl):
 
 def forward(x, w, b, g, y):
     """y (N, K, OH, OW) = conv(x, w) + b, written in place."""
-    bias = np.zeros(g.K, np.float32) if b is None else b
+    bias = np.zeros(g.K, x.dtype) if b is None else b
     _forward_kernel.for_size(y.size * g.C)(x, w, bias, y, g.pt, g.pl)
     return y
 
 
 def backward(dy, x, g, dw, db):
     """dw (K, C, 3, 3) and, if db is not None, db (K,), written in place."""
-    part = np.empty((g.N, g.K, g.C, 9), np.float32)
-    dbp = np.empty((g.N, g.K), np.float32)
+    part = np.empty((g.N, g.K, g.C, 9), x.dtype)
+    dbp = np.empty((g.N, g.K), x.dtype)
     _backward_kernel.for_size(dy.size * g.C)(dy, x, part, dbp, g.pt, g.pl)
     # float64 sums over the images, in image order (numpy reduces axis 0 row by row)
     dw.reshape(g.K, g.C * 9)[...] = part.reshape(g.N, g.K * g.C * 9).sum(axis=0,
