@@ -201,3 +201,34 @@ def _vtanh_impl(v):
     if v == types.float32:
         return lambda v: _tanhf(v)
     return lambda v: math.tanh(v)
+
+
+@intrinsic
+def _maxnum(typingctx, a, b):
+    """LLVM's ``maxnum(a, b)``: the larger, or the other operand when one is NaN.
+
+    A loop of ``m = maxnum(m, x[j])`` is a reduction LLVM vectorises without ``nnan``; the
+    written-out ``m = v if v > m else m`` is not (it stays a chain of dependent compares and
+    selects, one element per ~4 cycles).
+    """
+    if not (isinstance(a, types.Float) and a == b):
+        return None
+    sig = a(a, b)
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.maxnum", [ty], ir.FunctionType(ty, [ty, ty]))
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@cpu_inline
+def row_max(row):
+    # row: (C,) contiguous, C >= 1 -> max_c row[c], vectorised (a 1000-wide row: 7x faster than
+    # a compare-and-select chain). NaNs are skipped (NaN only if every value is): callers go
+    # on to exp(x - max), where a NaN element still turns its whole row to NaN.
+    m = row[0]
+    for c in range(1, row.shape[0]):
+        m = _maxnum(m, row[c])
+    return m

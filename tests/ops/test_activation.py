@@ -201,6 +201,18 @@ def test_nan_propagates_like_pytorch():
     assert np.isnan(F.softmax_forward(x.reshape(1, 3))).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("where", [0, 1, 500, 999])
+def test_a_nan_turns_its_softmax_row_to_nan(dtype, where):
+    # the row maximum skips NaNs (a vectorised maxnum); exp(NaN - max) must still spoil the row
+    x = np.random.default_rng(0).standard_normal((3, 1000)).astype(dtype)
+    x[1, where] = np.nan
+    for name in SOFTMAXES:
+        y = fwd(F, name, x)
+        assert np.isnan(y[1]).all() and not np.isnan(y[[0, 2]]).any(), name
+        assert_close(y[[0, 2]], fwd(ref, name, x[[0, 2]].astype(np.float64)))
+
+
 def test_float32_transcendentals_are_accurate():
     # the vectorised float32 exp/expm1/tanh polynomials: a few ulp from float64 NumPy
     x = np.linspace(-20, 20, 20001).astype(np.float32)

@@ -308,6 +308,11 @@ def test_nan_logits_give_nan_like_torch():
     x = np.array([[0.0, np.nan, 1.0], [0.0, 1.0, 2.0]], np.float32)
     assert math.isnan(F.softmax_cross_entropy_forward(x, np.array([0, 1]))[0])
     assert math.isnan(F.mse_forward(x, np.zeros_like(x)))
+    wide = np.zeros((2, 1000), np.float32)  # a row long enough for the vectorised maximum
+    wide[0, 700] = np.nan
+    loss, probs = F.softmax_cross_entropy_forward(wide, np.array([3, 4]))
+    assert math.isnan(loss) and np.isnan(probs[0]).all()
+    assert_close(probs[1], np.full(1000, 1e-3, np.float32))
 
 
 # ---------------------------------------------------------------- bad input

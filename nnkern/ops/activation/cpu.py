@@ -20,7 +20,7 @@ import numpy as np
 from numba import prange
 
 from nnkern._jit import cpu_kernel
-from nnkern.ops._vmath import strict_sub, vexp, vexpm1, vtanh
+from nnkern.ops._vmath import row_max, strict_sub, vexp, vexpm1, vtanh
 from nnkern.ops.activation import SELU_ALPHA, SELU_SCALE
 from nnkern.ops.shift_scale.cpu import SUM_X_DY_NONPOS, param_grad_sums
 
@@ -266,25 +266,25 @@ def tanh_backward(dy, x, y, *, out=None):
 def _softmax_rows_fwd_kernel(x, y, log):
     # x: (N, C) -> y: (N, C); per row m = max_c x, s = sum_c exp(x - m) (float64),
     # y = exp(x - m) / s, or y = x - m - log(s) for log-softmax
+    # One loop per pass over the (L1-resident) row, each vectorised: exp into y, the float64
+    # sum of y, then the scaling (exp and the sum in one loop ran 1.6x slower at C = 1000).
     n_, c_ = x.shape
     for n in prange(n_):
-        m = x[n, 0]
-        for c in range(1, c_):
-            v = x[n, c]
-            m = v if v > m else m
-        s = 0.0
+        x_row, y_row = x[n], y[n]
+        m = row_max(x_row)
         for c in range(c_):
-            e = vexp(x[n, c] - m)
-            y[n, c] = e
-            s += e
+            y_row[c] = vexp(x_row[c] - m)
+        s = np.float64(0.0)
+        for c in range(c_):
+            s += y_row[c]
         if log:  # (x - m) - log(s): never round m + log(s), which is large when |m| is
             ls = x.dtype.type(math.log(s))
             for c in range(c_):
-                y[n, c] = strict_sub(x[n, c] - m, ls)
+                y_row[c] = strict_sub(x_row[c] - m, ls)
         else:
             inv = x.dtype.type(1.0 / s)
             for c in range(c_):
-                y[n, c] *= inv
+                y_row[c] *= inv
 
 
 @cpu_kernel

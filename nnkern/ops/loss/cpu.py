@@ -13,8 +13,8 @@ float64).
 import numpy as np
 from numba import prange
 
-from nnkern._jit import cpu_inline, cpu_kernel
-from nnkern.ops._vmath import vexp
+from nnkern._jit import cpu_kernel
+from nnkern.ops._vmath import row_max, vexp
 
 #: Elements per float64 partial sum of the element-wise losses (fixed: determinism).
 _BLOCK = 4096
@@ -42,25 +42,6 @@ def _blocks(size):
 # ---------------------------------------------------------------- softmax cross-entropy
 
 
-@cpu_inline
-def _row_max(x, n):
-    # max_j x[n, j] with four independent running maxima: a single chain of max() is bound by
-    # its latency (a NaN-safe max reduction is not vectorised without fastmath's nnan).
-    c_ = x.shape[1]
-    m0 = m1 = m2 = m3 = x[n, 0]
-    j = 0
-    while j + 4 <= c_:
-        m0 = max(m0, x[n, j])
-        m1 = max(m1, x[n, j + 1])
-        m2 = max(m2, x[n, j + 2])
-        m3 = max(m3, x[n, j + 3])
-        j += 4
-    while j < c_:
-        m0 = max(m0, x[n, j])
-        j += 1
-    return max(max(m0, m1), max(m2, m3))
-
-
 @cpu_kernel
 def _softmax_ce_fwd_kernel(x, labels, probs, row_loss):
     # x: (N, C), labels: (N,) int64 -> probs: (N, C) = softmax(x), row_loss: (N,) float64
@@ -69,7 +50,7 @@ def _softmax_ce_fwd_kernel(x, labels, probs, row_loss):
     # Separate loops over the (L1-resident) row: exp alone vectorises, the float64 sum too.
     n_, c_ = x.shape
     for n in prange(n_):
-        m = _row_max(x, n)
+        m = row_max(x[n])
         for j in range(c_):
             probs[n, j] = vexp(x[n, j] - m)  # float32: a vectorisable polynomial
         s = np.float64(0.0)   # (not 0.0: under NUMBA_DISABLE_JIT, NEP 50 would make it float32)
