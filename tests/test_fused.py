@@ -113,7 +113,8 @@ def test_layers_keep_their_own_state_after_a_fused_forward(rng):
 # ----- the fused kernels against the NumPy references -----
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(7, 5), (64, 100), (3, 4, 5, 6), (2, 3, 1, 1), (8, 64, 8, 8)])
+@pytest.mark.parametrize("shape", [(7, 5), (64, 100), (3, 4, 5, 6), (2, 3, 1, 1), (8, 64, 8, 8),
+                                   (6, 12, 2, 2)])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_batch_norm_relu_kernels_match_the_reference(rng, variant, shape, dtype, training):
     c = shape[1]

@@ -65,6 +65,26 @@ def test_a_failed_forward_forgets_the_previous_inputs(batch):
         loss_fn.backward()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [-1, 3, 2**63 + 5])
+def test_cross_entropy_rejects_labels_out_of_range(dtype, bad):
+    # the CPU fast path leaves the range check to its kernel (a -inf loss flags a bad label),
+    # also when another row's NaN logits make the loss NaN anyway
+    x = np.zeros((4, 3), dtype)
+    labels = np.array([0, 1, 2, 0], np.uint64 if bad >= 2**63 else np.int64)
+    loss_fn = SoftmaxCrossEntropy()
+    assert loss_fn(x, labels) == pytest.approx(np.log(3))
+    labels[2] = bad
+    for nan in (False, True):
+        x[0, 0] = np.nan if nan else 0.0
+        with pytest.raises(ValueError, match="labels must be class indices in \\[0, 3\\)"):
+            loss_fn(x, labels)
+        with pytest.raises(RuntimeError, match="called before forward"):
+            loss_fn.backward()
+    labels[2] = 2
+    assert np.isnan(loss_fn(x, labels))  # NaN logits with valid labels: a NaN loss, no error
+
+
 def test_targets_are_converted_where_sensible(batch):
     x, y, t = batch
     x32 = x.astype(np.float32)

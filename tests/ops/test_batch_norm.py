@@ -10,7 +10,8 @@ from nnkern.testing import assert_close, check_gradients, upstream
 # (N, F) and (N, C, H, W); odd sizes, batch of 1 with H*W > 1 (valid in training), fewer values
 # per channel than reduction chunks, and chunks that end in the middle of an (n, c) plane.
 SHAPES = [(2, 3), (7, 13), (64, 100), (33, 1),
-          (1, 3, 2, 3), (2, 3, 4, 5), (5, 1, 1, 2), (3, 17, 9, 11), (4, 2, 1, 1)]
+          (1, 3, 2, 3), (2, 3, 4, 5), (5, 1, 1, 2), (3, 17, 9, 11), (4, 2, 1, 1),
+          (6, 12, 2, 2)]  # many channels of tiny planes: run as (N, C * L) rows
 
 
 def make(rng, shape, dtype, loc=0.5, scale=2.0):

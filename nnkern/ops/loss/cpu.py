@@ -59,7 +59,11 @@ def _softmax_ce_fwd_kernel(x, labels, probs, row_loss):
         inv_s = x.dtype.type(1.0 / s)
         for j in range(c_):
             probs[n, j] *= inv_s
-        row_loss[n] = m + np.log(s) - x[n, labels[n]]
+        y = labels[n]
+        if 0 <= y < c_:
+            row_loss[n] = m + np.log(s) - x[n, y]
+        else:  # a flag for unvalidated labels: valid rows give >= 0 (m >= x[n, y], s >= 1) or NaN
+            row_loss[n] = -np.inf
 
 
 @cpu_kernel
@@ -75,6 +79,8 @@ def _softmax_ce_bwd_kernel(probs, labels, inv_n, dx):
 
 
 def softmax_cross_entropy_forward(logits, labels):
+    """(loss, probs). A label outside [0, C) makes the loss -inf or NaN (so a caller that did
+    not check the labels checks them only when the loss is not >= 0)."""
     n, c = logits.shape
     probs = np.empty_like(logits)
     row_loss = np.empty(n, np.float64)
