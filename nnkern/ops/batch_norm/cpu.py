@@ -635,9 +635,9 @@ def _as_rows(xv):
     elements, and the channel-by-channel walk strides by C * L elements, a power of two,
     through one cache set. As rows they take the 1-D kernels' long contiguous loops:
     per-feature sums, folded into channels by ``_fold``. The backward at 64x512x2x2 went
-    0.64 -> 0.19 ms; the forward's channel kernel stays (0.08-0.13 ms there, against 0.14 ms
-    as rows with a preallocated output, more with a fresh one: its extra temporaries make
-    malloc hand the 512 KiB output back to the kernel and page-fault it in again)."""
+    0.64 -> 0.18 ms; the forward keeps its channel kernel (0.08-0.13 ms there, against 0.14
+    ms as rows with a preallocated output and more with a fresh one: the extra temporaries
+    made malloc return the 512 KiB output to the OS and page-fault it in again each call)."""
     if xv.ndim == 2 or xv.shape[2] >= _PLANE_MIN:
         return xv, lambda a: a
     n, c, l = xv.shape
