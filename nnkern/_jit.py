@@ -56,8 +56,9 @@ def _start_threads():
     OpenMP threads busy-wait after each parallel region (libgomp: ~300,000 spins, about a
     millisecond). nnkern alternates Numba regions with OpenBLAS calls and the conv's worker
     threads, which the spinning threads starve: on 2 cores a CNN step took 90 ms instead of
-    31 ms, a VGG-10 step 1.2 s instead of 0.6 s. GOMP_SPINCOUNT=10000 (a few microseconds:
-    enough for back-to-back kernels, then sleep) cures it. libgomp reads it once, when it is
+    31 ms, a VGG-10 step 1.2 s instead of 0.6 s. GOMP_SPINCOUNT=10000 (measured: a region
+    still starts in ~2 µs 0.1 ms after the last one, then the threads sleep and one costs
+    ~45 µs after 0.3 ms idle) cures it. libgomp reads it once, when it is
     loaded, so it is set only while Numba loads its OpenMP layer and then removed again:
     PyTorch ships its own libgomp, which must keep its own default (with 10000 in its
     environment, torch's small ops ran 5x slower in the same process).
@@ -66,7 +67,7 @@ def _start_threads():
     to that one, already initialised with the default spinning (a VGG-10 + BN step: 345 ms
     instead of 293 ms). Then nnkern takes Numba's "workqueue" layer, whose threads sleep
     between kernels (314 ms), though each parallel launch costs ~0.1-0.2 ms on 2 cores (an
-    empty region: 0.11-0.13 ms, against ~2-7 µs on OpenMP). A GOMP_SPINCOUNT or
+    empty region: 0.11-0.13 ms, against ~2 µs back to back on OpenMP). A GOMP_SPINCOUNT or
     NUMBA_THREADING_LAYER of the user's own is left as it is.
     """
     from numba.np.ufunc import parallel
@@ -97,7 +98,7 @@ def _openmp_loaded():
 _start_threads()
 
 # On Numba's "workqueue" layer (taken above when PyTorch was imported first) a parallel region
-# costs ~0.1 ms to start on 2 cores, against ~2 µs back to back (~7 µs from sleep) on OpenMP:
+# costs ~0.1 ms to start on 2 cores, against ~2 µs back to back (~45 µs from sleep) on OpenMP:
 # kernels then go parallel only from 1M elements.
 if numba.threading_layer() == "workqueue" and "NNKERN_PARALLEL_MIN_WORK" not in os.environ:
     PARALLEL_MIN_WORK = 1 << 20
