@@ -123,9 +123,10 @@ class CpuKernel:
     ``prange`` is a plain ``range``.
     """
 
-    def __init__(self, fn):
-        self.serial = numba.njit(**_OPTIONS)(_renamed(fn, "_serial"))
-        self.parallel = numba.njit(parallel=True, **_OPTIONS)(_renamed(fn, "_parallel"))
+    def __init__(self, fn, contract=True):
+        options = dict(_OPTIONS, fastmath=FASTMATH if contract else FASTMATH - {"contract"})
+        self.serial = numba.njit(**options)(_renamed(fn, "_serial"))
+        self.parallel = numba.njit(parallel=True, **options)(_renamed(fn, "_parallel"))
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
 
@@ -138,9 +139,17 @@ class CpuKernel:
         return self.serial(*args)
 
 
-def cpu_kernel(fn):
-    """Decorator: compile ``fn`` as a :class:`CpuKernel` (serial and parallel variants)."""
-    return CpuKernel(fn)
+def cpu_kernel(fn=None, *, contract=True):
+    """Decorator: compile ``fn`` as a :class:`CpuKernel` (serial and parallel variants).
+
+    ``@cpu_kernel(contract=False)``: no fused multiply-adds. LLVM contracts ``a * b + c``
+    differently in the two variants (the parallel one is a separately optimised loop body), so
+    an elementwise kernel whose variants must give the same bits (the SGD kernels, which
+    split tensors by thread) rounds each product and sum on its own, as PyTorch's op-by-op
+    code does."""
+    if fn is None:
+        return lambda f: CpuKernel(f, contract)
+    return CpuKernel(fn, contract)
 
 
 def cpu_serial(fn):

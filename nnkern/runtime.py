@@ -25,8 +25,9 @@ at a time). :func:`set_num_threads` sets all of them together::
   the count, and GEMMs of at most :data:`BLAS_SERIAL_MAX_WORK` multiply-adds run on this thread (see
   :func:`matmul`): small pieces of work lose more to waking and waiting for a second thread
   than they gain, and lose milliseconds when another process holds the other core. Dense
-  layers and float32 convolutions never run BLAS multi-threaded: larger GEMMs are split over
-  the worker threads.
+  layers call OpenBLAS from inside their kernels, single-threaded, and cut products of 2**18
+  multiply-adds and more over Numba's threads (``nnkern/ops/dense/cpu.py``); float32
+  convolutions split larger GEMMs over the worker threads. Neither runs BLAS multi-threaded.
 
 Warm-up
 -------
@@ -146,7 +147,7 @@ class _NumpyBlas:
 
     def __init__(self):
         self.ok = False
-        self.get = self.set = None
+        self.get = self.set = self.path = None
         try:
             controllers = [lc for lc in _blas_controllers() if lc.internal_api == "openblas"]
             numpy_root = os.path.realpath(os.path.dirname(np.__file__))
@@ -165,7 +166,7 @@ class _NumpyBlas:
             return
         if get is None or set_ is None:
             return
-        self.get, self.set, self.ok = get, set_, True
+        self.get, self.set, self.path, self.ok = get, set_, mine[0].filepath, True
 
 
 _blas = None

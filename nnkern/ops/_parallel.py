@@ -1,12 +1,13 @@
 """Run independent tasks on a few Python threads, with BLAS single-threaded.
 
 Used by the convolutions and by the large matrix products of ``nnkern.runtime.matmul``
-(dense layers). The Winograd path (conv2d/winograd.py) splits each phase into tasks that run
-whole serial kernels: a Numba transform of a range of images (compiled ``nogil``) or a batch of
-BLAS GEMMs through ``np.matmul`` (which releases the GIL). Threads run the tasks side by side,
-so the only parallelism is across tasks: BLAS runs single-threaded meanwhile (NUMBA_NOTES
-§1.2: one level of parallelism at a time; small GEMMs parallelise badly inside BLAS, and
-OpenBLAS threads spinning against Numba's cost 2x on 2 cores). The worker count follows
+(and so by dense layers where the kernels cannot call BLAS themselves, ``ops/_blas.py``). The
+Winograd path (conv2d/winograd.py) splits each phase into tasks that run whole serial kernels:
+a Numba transform of a range of images (compiled ``nogil``) or a batch of BLAS GEMMs through
+``np.matmul`` (which releases the GIL). Threads run the tasks side by side, so the only
+parallelism is across tasks: BLAS runs single-threaded meanwhile (NUMBA_NOTES §1.2: one level
+of parallelism at a time; small GEMMs parallelise badly inside BLAS, and OpenBLAS threads
+spinning against Numba's cost 2x on 2 cores). The worker count follows
 ``numba.get_num_threads()``.
 
 Results never depend on the worker count: every task computes its own outputs with the same

@@ -1,7 +1,11 @@
+import numba
 import numpy as np
 import pytest
 
+import nnkern._jit as jit
 import nnkern.functional as F
+from nnkern.ops import _blas
+from nnkern.ops.dense import cpu as dense_cpu
 from nnkern.ops.dense import ref
 from nnkern.testing import assert_close, check_gradients, upstream
 
@@ -88,3 +92,55 @@ def test_bad_input_is_rejected_with_a_clear_message(rng):
         F.dense_backward(np.ones((4, 3), np.float32), x, w)
     with pytest.raises(ValueError, match=r"out must have shape \(4, 2\)"):
         F.dense_forward(x, w, b, out=np.empty((2, 4), np.float32))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", [(64, 100, 100), (17, 33, 40), (3, 70, 50)])
+def test_products_cut_into_blocks(rng, monkeypatch, shape, relu):
+    """Large products run as blocks (forward: of the input features, summed; dw: of its rows;
+    dx: of the output features, summed): the values of one GEMM, and the same bits from the
+    serial variant, the parallel one, and the parallel one on one thread (the blocks follow
+    the shapes only)."""
+    n, i, o = shape
+    x, w, b = make(rng, n, i, o, np.float32)
+    dy = rng.standard_normal((n, o)).astype(np.float32)
+    relu_y = dense_cpu.dense_forward(x, w, b, relu=True) if relu else None
+
+    def run():
+        return (dense_cpu.dense_forward(x, w, b, relu=relu),
+                *dense_cpu.dense_backward(dy, x, w, relu_y=relu_y))
+
+    monkeypatch.setattr(dense_cpu, "SPLIT_WORK", 1 << 62)  # one GEMM each
+    whole = run()
+    monkeypatch.setattr(dense_cpu, "SPLIT_WORK", 64)
+    assert dense_cpu.gemm_parts(n * i * o, o) > 1
+    monkeypatch.setattr(jit, "PARALLEL_MIN_WORK", 0)
+    blocked = run()
+    for got, want in zip(blocked, whole):
+        assert_close(got, want, scale=max(shape) / 10 + 1)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one_thread = run()
+    finally:
+        numba.set_num_threads(threads)
+    monkeypatch.setattr(jit, "PARALLEL_MIN_WORK", 1 << 62)
+    for again in (one_thread, run()):
+        for got, want in zip(again, blocked):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_without_a_kernel_blas(rng, monkeypatch, relu):
+    """Where the kernels cannot call NumPy's BLAS, np.matmul and small kernels give the same
+    results."""
+    x, w, b = make(rng, 17, 33, 9, np.float32)
+    dy = rng.standard_normal((17, 9)).astype(np.float32)
+    relu_y = dense_cpu.dense_forward(x, w, b, relu=True) if relu else None
+    want = (dense_cpu.dense_forward(x, w, b, relu=relu),
+            *dense_cpu.dense_backward(dy, x, w, relu_y=relu_y))
+    monkeypatch.setattr(_blas, "AVAILABLE", False)
+    got = (dense_cpu.dense_forward(x, w, b, relu=relu),
+           *dense_cpu.dense_backward(dy, x, w, relu_y=relu_y))
+    for a, e in zip(got, want):
+        assert_close(a, e, scale=4)

@@ -39,6 +39,24 @@ def test_multi_kernel_gives_the_bits_of_one_update_per_tensor(rng, variant, dtyp
         np.testing.assert_array_equal(b, b_want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("slots", [1, 2, 3, 7])
+def test_multi_kernel_bits_do_not_depend_on_its_slots(rng, dtype, slots):
+    """The parallel kernel cuts every tensor into one run per thread; any cut gives the bits
+    of the serial one-tensor kernel (the multi kernel goes parallel at sizes where the
+    one-tensor kernel stays serial)."""
+    ps, gs, bufs = tensors(rng, dtype)
+    want = [(p.copy(), b.copy()) for p, b in zip(ps, bufs)]
+    for (p, b), g in zip(want, gs):
+        cpu._sgd_kernel.serial(p, g, b, 0.05, 0.9, 0.0, True, 0.01, 0.0, False)
+    table = cpu.TensorTable(ps, gs, bufs)
+    cpu._sgd_multi_kernel.parallel(table.addresses, table.sizes, table.proto, slots, 0.05,
+                                   0.9, 0.0, True, 0.01, 0.0, False)
+    for (p_want, b_want), p, b in zip(want, ps, bufs):
+        np.testing.assert_array_equal(p, p_want)
+        np.testing.assert_array_equal(b, b_want)
+
+
 def test_tensor_table_checks_and_identity(rng):
     ps, gs, bufs = tensors(rng, np.float32)
     table = cpu.TensorTable(ps, gs, bufs)

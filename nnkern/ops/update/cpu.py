@@ -19,6 +19,7 @@ the right dtype, so each kernel compiles once per dtype and variant.
 
 import math
 
+import numba
 import numpy as np
 from numba import carray, prange, types
 from numba.extending import intrinsic
@@ -50,11 +51,9 @@ def _lerp(start, end, w, one_minus_w, small):
 
 
 # ---- SGD ------------------------------------------------------------------------------------
-#: Elements per prange iteration of the SGD kernels. Fixed (the split does not depend on the
-#: thread count; elementwise, so it does not change any value either), and the same in the
-#: one-tensor and the multi-tensor kernel: both run _sgd_run on the same blocks of a tensor, so
-#: they compile to the same loops and give the same bits (LLVM's FMA contraction of
-#: mu * buf + (1 - dampening) * d may otherwise differ between two differently shaped loops).
+#: Elements per prange iteration of the one-tensor SGD kernel. Fixed (the split does not depend
+#: on the thread count; elementwise, so it does not change any value either: the multi-tensor
+#: kernel runs the same _sgd_run over other runs and gives the same bits, tested).
 MULTI_BLOCK = 16384
 
 
@@ -75,7 +74,7 @@ def _sgd_run(p, g, buf, lr_, wd, l1_, mu, keep, use_wd, use_l1, use_mom, nestero
         p[i] = pi - lr_ * d
 
 
-@cpu_kernel
+@cpu_kernel(contract=False)
 def _sgd_kernel(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, l1, first):
     # p, g, buf: (n,) flat; buf is (0,) when momentum == 0
     # d = g + wd p + l1 sign(p); buf = d (first) | mu buf + (1 - damp) d; d = buf | d + mu buf
@@ -95,10 +94,11 @@ def _sgd_kernel(p, g, buf, lr, momentum, dampening, nesterov, weight_decay, l1, 
 
 
 def _sgd_variant(kernel, size):
-    """Parallel from 8 x PARALLEL_MIN_WORK elements (both SGD kernels, so they agree bit for
-    bit): an update streams five arrays at cache speed, and below that a parallel region costs
-    more than it saves whenever the other core is busy (measured: 78 400 parameters took 16 µs
-    serially and 0.36 ms in parallel on a loaded 2-core machine)."""
+    """Parallel from 8 x PARALLEL_MIN_WORK elements: an update streams five arrays at cache
+    speed, and below that a parallel region costs more than it saves whenever the other core
+    is busy (measured: 78 400 parameters took 16 µs serially and 0.36 ms in parallel on a
+    loaded 2-core machine). The multi-tensor kernel, which the seed models' SGD steps take,
+    goes parallel earlier, for cache locality (see _sgd_multi_kernel)."""
     return kernel.parallel if size >= 8 * _jit.PARALLEL_MIN_WORK else kernel.serial
 
 
@@ -133,8 +133,6 @@ class TensorTable:
                                      "dtype of the first and the size of its column-0 peer")
                 self.addresses[i, t] = a.__array_interface__["data"][0]
         self.sizes = np.array([a.size for a in first], np.int64)
-        self.starts = np.zeros(len(first) + 1, np.int64)  # block-aligned (_sgd_multi_kernel)
-        np.cumsum(-(-self.sizes // MULTI_BLOCK) * MULTI_BLOCK, out=self.starts[1:])
         self.size = int(self.sizes.sum())
         self.proto = np.empty(0, self.dtype)  # types the kernel's views
 
@@ -168,15 +166,21 @@ def _column(addresses, row, t, start, stop, n, proto):
     return carray(_pointer(addresses[row, t], proto), n)[start:stop]
 
 
-@cpu_kernel
-def _sgd_multi_kernel(addresses, starts, sizes, proto, lr, momentum, dampening, nesterov,
+@cpu_inline
+def _slot_edge(s, slots, n):
+    # start of slot s of `slots` over n elements, on a multiple of 16 (the last ends at n)
+    return n if s >= slots else (s * n // slots) // 16 * 16
+
+
+@cpu_kernel(contract=False)
+def _sgd_multi_kernel(addresses, sizes, proto, slots, lr, momentum, dampening, nesterov,
                       weight_decay, l1, first):
     # addresses: (3, T) int64, rows p, g, buf of T flat tensors (buf row unused when
-    # momentum == 0); starts: (T + 1,) int64 offsets of each tensor in their concatenation,
-    # each rounded up to a multiple of MULTI_BLOCK; sizes: (T,) int64; proto: an empty array
-    # of their dtype. One prange iteration per block of MULTI_BLOCK elements of that
-    # concatenation: a block holds a part of one tensor, the part _sgd_kernel's block of the
-    # same index would update.
+    # momentum == 0); sizes: (T,) int64; proto: an empty array of their dtype. Each tensor is
+    # cut into `slots` equal runs, one prange iteration per slot running its run of every
+    # tensor: with one slot per thread, each thread updates the same part of each tensor every
+    # step, the part that the dense layers' split GEMMs write on that thread (the first rows of
+    # a weight on the first thread, ...), so gradients and weights stay in that core's cache.
     lr_ = proto.dtype.type(lr)
     wd = proto.dtype.type(weight_decay)
     l1_ = proto.dtype.type(l1)
@@ -185,28 +189,29 @@ def _sgd_multi_kernel(addresses, starts, sizes, proto, lr, momentum, dampening, 
     use_wd = weight_decay != 0.0
     use_l1 = l1 != 0.0
     use_mom = momentum != 0.0
-    total = starts[starts.shape[0] - 1]
-    for blk in prange(total // MULTI_BLOCK):
-        lo = blk * MULTI_BLOCK
-        t = np.searchsorted(starts, lo, side="right") - 1
-        n = sizes[t]
-        a = lo - starts[t]
-        if a < n:
-            b = min(n, a + MULTI_BLOCK)
-            p = _column(addresses, 0, t, a, b, n, proto)
-            g = _column(addresses, 1, t, a, b, n, proto)
-            buf = _column(addresses, 2, t, a, b, n, proto) if use_mom else proto
-            _sgd_run(p, g, buf, lr_, wd, l1_, mu, keep, use_wd, use_l1, use_mom, nesterov, first)
+    for s in prange(slots):
+        for t in range(sizes.shape[0]):
+            n = sizes[t]
+            a, b = _slot_edge(s, slots, n), _slot_edge(s + 1, slots, n)
+            if a < b:
+                p = _column(addresses, 0, t, a, b, n, proto)
+                g = _column(addresses, 1, t, a, b, n, proto)
+                buf = _column(addresses, 2, t, a, b, n, proto) if use_mom else proto
+                _sgd_run(p, g, buf, lr_, wd, l1_, mu, keep, use_wd, use_l1, use_mom, nesterov,
+                         first)
 
 
 def sgd_update_multi(table, *, lr, momentum=0.0, dampening=0.0, nesterov=False,
                      weight_decay=0.0, l1=0.0, first=False):
     """``sgd_update`` of every tensor of ``table`` (a TensorTable with columns p, g, buf; buf
-    None when momentum == 0) in one call: the same bits as one ``sgd_update`` per tensor
-    when each would run the same variant (see _sgd_variant)."""
-    _sgd_variant(_sgd_multi_kernel, table.size)(
-        table.addresses, table.starts, table.sizes, table.proto, lr, momentum, dampening,
-        nesterov, weight_decay, l1, first)
+    None when momentum == 0) in one call, the same bits (elementwise: any split gives them).
+    Parallel from PARALLEL_MIN_WORK elements, one slot per thread (see _sgd_multi_kernel)."""
+    if table.size >= _jit.PARALLEL_MIN_WORK:
+        kernel, slots = _sgd_multi_kernel.parallel, numba.get_num_threads()
+    else:
+        kernel, slots = _sgd_multi_kernel.serial, 1
+    kernel(table.addresses, table.sizes, table.proto, slots, lr, momentum, dampening, nesterov,
+           weight_decay, l1, first)
 
 
 # ---- AdaGrad --------------------------------------------------------------------------------
