@@ -4,7 +4,7 @@
 when the flag is set) for 2-D float32 or float64 arrays whose rows are contiguous (unit column
 stride; any row stride: a block of columns of a larger matrix is fine). It is for kernels that
 run a GEMM and then the elementwise work on its result in the same call (a dense layer's bias
-and ReLU, its batch norm), or that cut a GEMM into fixed blocks over ``prange``: one jitted call
+and ReLU), or that cut a GEMM into fixed blocks over ``prange``: one jitted call
 instead of a Python-level ``np.matmul`` (~2 µs each) plus a kernel call per step, and blocks on
 Numba's threads, which start in a few microseconds where a Python thread pool takes ~30.
 
