@@ -4,7 +4,9 @@ Every rule is one pass over flat views of the parameter, its gradient and its st
 and p, apply the coupled regularizers, update the state, write p. That is 3-5 reads and 2-4
 writes per element where PyTorch's op-by-op code streams the arrays 6-15 times, and one kernel
 call per parameter instead of 3-12 dispatches. Elementwise, so prange needs no reduction and
-the serial and parallel variants give the same bits.
+the serial and parallel variants give the same bits (the SGD kernels only because they are
+compiled without FMA contraction, ``cpu_kernel(contract=False)``: LLVM contracted
+``mu * buf + (1 - dampening) * d`` differently in the two variants).
 
 dtype: hyperparameters arrive as Python floats (float64) and are cast once, before the loop,
 with ``p.dtype.type(...)``: Numba does not follow NEP 50, and ``x * lr`` with a float64 ``lr``
