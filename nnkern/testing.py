@@ -81,3 +81,15 @@ def check_gradients(loss, params, analytic, h=1e-6, max_rel_error=1e-6):
 def upstream(shape, rng):
     """A fixed random upstream gradient r of the given shape, for L = sum(y * r)."""
     return rng.standard_normal(shape)
+
+
+def on_one_thread(fn):
+    """``fn()`` with Numba's parallel kernels on one thread (the count restored after): for
+    tests that a kernel's bits do not depend on the thread count."""
+    import numba
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        return fn()
+    finally:
+        numba.set_num_threads(threads)

@@ -1,4 +1,3 @@
-import numba
 import numpy as np
 import pytest
 
@@ -7,7 +6,7 @@ import nnkern.functional as F
 from nnkern.ops import _blas
 from nnkern.ops.dense import cpu as dense_cpu
 from nnkern.ops.dense import ref
-from nnkern.testing import assert_close, check_gradients, upstream
+from nnkern.testing import assert_close, check_gradients, on_one_thread, upstream
 
 SHAPES = [(1, 1, 1), (1, 7, 3), (5, 3, 4), (17, 33, 9), (64, 100, 100)]  # (N, I, O)
 
@@ -118,12 +117,7 @@ def test_products_cut_into_blocks(rng, monkeypatch, shape, relu):
     blocked = run()
     for got, want in zip(blocked, whole):
         assert_close(got, want, scale=max(shape) / 10 + 1)
-    threads = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one_thread = run()
-    finally:
-        numba.set_num_threads(threads)
+    one_thread = on_one_thread(run)
     monkeypatch.setattr(jit, "PARALLEL_MIN_WORK", 1 << 62)
     for again in (one_thread, run()):
         for got, want in zip(again, blocked):

@@ -1,7 +1,6 @@
 import inspect
 import math
 
-import numba
 import numpy as np
 import pytest
 
@@ -9,7 +8,7 @@ import nnkern._jit as jit
 import nnkern.functional as F
 from nnkern.ops import loss as public
 from nnkern.ops.loss import cpu, ref
-from nnkern.testing import assert_close, check_gradients
+from nnkern.testing import assert_close, check_gradients, on_one_thread
 
 ROW_SHAPES = [(1, 1), (1, 7), (5, 3), (17, 33), (64, 100)]              # (N, C)
 ANY_SHAPES = [(), (1,), (7,), (3, 5), (2, 3, 4, 5), (3, 4099)]          # MSE / BCE, any rank
@@ -200,12 +199,7 @@ def test_loss_is_identical_across_thread_counts(rng, monkeypatch):
     serial = losses()
     monkeypatch.setattr(jit, "PARALLEL_MIN_WORK", 0)
     parallel = losses()
-    threads = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one_thread = losses()
-    finally:
-        numba.set_num_threads(threads)
+    one_thread = on_one_thread(losses)
     assert parallel == one_thread
     np.testing.assert_allclose(serial, parallel, rtol=1e-13)
 

@@ -1,12 +1,11 @@
 import math
 
-import numba
 import numpy as np
 import pytest
 
 import nnkern.ops.update as U
 from nnkern.ops.update import cpu, ref
-from nnkern.testing import assert_close
+from nnkern.testing import assert_close, on_one_thread
 
 SIZES = [(1,), (7,), (5, 3), (4, 3, 2, 2), (40000,)]  # the last one runs the parallel variant
 
@@ -194,12 +193,7 @@ def test_sum_squares_same_bits_for_any_thread_count(rng):
     partial = [np.empty(cpu.SUM_CHUNKS) for _ in range(3)]
     cpu._sum_squares_kernel.serial(x, partial[0])
     cpu._sum_squares_kernel.parallel(x, partial[1])
-    threads = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        cpu._sum_squares_kernel.parallel(x, partial[2])
-    finally:
-        numba.set_num_threads(threads)
+    on_one_thread(lambda: cpu._sum_squares_kernel.parallel(x, partial[2]))
     np.testing.assert_array_equal(partial[1], partial[2])
     np.testing.assert_allclose(partial[0], partial[1], rtol=1e-13)
 
