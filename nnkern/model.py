@@ -14,7 +14,7 @@ import tempfile
 import numpy as np
 
 from nnkern.backend import CPU, check_device
-from nnkern.layers._common import fusion
+from nnkern.layers._common import cpu_backend, fusion
 from nnkern.layers.base import Layer, layer_class
 
 FORMAT = "nnkern-model"
@@ -269,6 +269,73 @@ class _BatchNormReLU(_Fused):
         return self.first._bn_backward(dy, True)
 
 
+class _DenseBatchNorm:
+    """Dense -> BatchNorm1D, or Dense -> BatchNorm1D -> ReLU, as one step: one jitted call each
+    way (``nnkern.ops.dense_batch_norm``) when every layer is on the CPU and has validated this
+    input shape once, the same bits as the layers one by one. Otherwise (the first call, other
+    devices or dtypes, the reference backend) the Dense runs on its own and ``rest`` (the batch
+    norm, fused with the ReLU where it can be) after it. Each layer is left in the state its
+    own forward would leave (see _Fused)."""
+    __slots__ = ("first", "norm", "relu", "rest", "index", "fused", "trainable")
+
+    def __init__(self, dense, norm, relu, index):
+        self.first, self.norm, self.relu, self.index = dense, norm, relu, index
+        self.rest = _Single(norm, index + 1) if relu is None \
+            else _BatchNormReLU(norm, relu, index + 1)
+        self.fused = False
+        self.trainable = True
+
+    def _fusable(self, x, training):
+        dense, norm, relu = self.first, self.norm, self.relu
+        return dense._fast(x) and norm._checked == (dense.config["out_features"],) \
+            and norm._dtype == x.dtype and norm.device == CPU \
+            and (relu is None or (relu._checked is not None and relu.device == CPU)) \
+            and (x.shape[0] > 1 or not norm._uses_batch_stats(training)) \
+            and fusion() and cpu_backend("dense_batch_norm").AVAILABLE
+
+    def forward(self, x, training):
+        dense, norm, relu = self.first, self.norm, self.relu
+        x = dense._prepare_input(x)
+        if not self._fusable(x, training):
+            self.fused = False
+            return self.rest.forward(dense.forward(x, training), training)
+        use_batch_stats, momentum, *running = norm._step_args(training)
+        gamma, beta = norm._affine()
+        bias = dense.bias
+        z, y, mean, inv_std, coef = cpu_backend("dense_batch_norm").forward(
+            x, dense.weight.data, None if bias is None else bias.data, gamma, beta, *running,
+            use_batch_stats, momentum, norm.config["eps"], relu is not None)
+        dense._x = x
+        norm._remember(z, use_batch_stats, mean, inv_std, coef)
+        dense._has_forward = norm._has_forward = True
+        if relu is not None:
+            relu._x = relu._y = y
+            relu._has_forward = True
+        self.fused = True
+        return y
+
+    def backward(self, dy):
+        dense, norm, relu = self.first, self.norm, self.relu
+        if not self.fused:
+            return dense.backward(self.rest.backward(dy))
+        dy = (norm if relu is None else relu)._prepare_grad(dy)
+        z = norm._x
+        if not (type(dy) is np.ndarray and dy.shape == z.shape and dy.dtype == z.dtype):
+            # the layers' own backwards, which check dy and say what is wrong with it
+            dy = dy if relu is None else relu.backward(dy)
+            return dense.backward(norm.backward(dy))
+        gamma, _ = norm._affine()
+        bias = dense.bias
+        out = (None, dense.weight.grad, None if bias is None else bias.grad,
+               None if norm.gamma is None else norm.gamma.grad,
+               None if norm.beta is None else norm.beta.grad)
+        dx, *_ = cpu_backend("dense_batch_norm").backward(
+            dy, dense._x, dense.weight.data, z, gamma, norm._mean, norm._inv_std, norm._coef,
+            norm._batch_stats, relu is not None, has_bias=bias is not None,
+            need_dx=dense.needs_input_grad, out=out)
+        return dx
+
+
 def _plan(layers, fuse):
     from nnkern.layers.activation import ReLU
     from nnkern.layers.dense import Dense
@@ -278,7 +345,13 @@ def _plan(layers, fuse):
     while i < len(layers):
         layer = layers[i]
         fused = pairs.get(type(layer)) if fuse else None
-        if fused is not None and i + 1 < len(layers) and type(layers[i + 1]) is ReLU:
+        if fuse and type(layer) is Dense and i + 1 < len(layers) \
+                and type(layers[i + 1]) is BatchNorm1D:
+            relu = layers[i + 2] if i + 2 < len(layers) and type(layers[i + 2]) is ReLU \
+                else None
+            steps.append(_DenseBatchNorm(layer, layers[i + 1], relu, i))
+            i += 2 if relu is None else 3
+        elif fused is not None and i + 1 < len(layers) and type(layers[i + 1]) is ReLU:
             steps.append(fused(layer, layers[i + 1], i))
             i += 2
         else:

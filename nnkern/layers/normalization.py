@@ -80,18 +80,9 @@ class _BatchNorm(Layer):
             check_input_rank(self, x, self.RANKS, self.LAYOUT)
             check_features(self, "channels" if x.ndim > 2 else "features", x.shape[1],
                            self.config["num_features"], x.shape)
-        track = self.config["track_running_stats"]
-        use_batch_stats = training or not track
-        momentum = self.config["momentum"]
-        if training and track:
-            self.num_batches_tracked += 1
-            if momentum is None:
-                momentum = 1.0 / self.num_batches_tracked
+        use_batch_stats, momentum, *running = self._step_args(training)
         gamma, beta = self._affine()
-        running = (self._buffers["running_mean"], self._buffers["running_var"]) if track \
-            else (None, None)
         x4 = x.reshape(x.shape + (1,)) if x.ndim == 3 else x  # (N, C, L) -> (N, C, L, 1)
-        momentum = 0.0 if momentum is None else momentum
         coef = None
         if fast and (not use_batch_stats or x.size > x.shape[1]):  # > 1 value per channel
             if fusion():
@@ -108,9 +99,31 @@ class _BatchNorm(Layer):
                 eps=self.config["eps"])
             if type(x) is np.ndarray:  # validated: the same per-sample shape skips the checks
                 self._checked = x.shape[1:]
-        self._x, self._batch_stats, self._coef = x4, use_batch_stats, coef
-        self._mean, self._inv_std = mean, inv_std
+        self._remember(x4, use_batch_stats, mean, inv_std, coef)
         return y if x4 is x else y.reshape(x.shape)
+
+    def _uses_batch_stats(self, training):
+        return training or not self.config["track_running_stats"]
+
+    def _step_args(self, training):
+        """(use_batch_stats, momentum, running_mean, running_var) for a forward in this mode
+        (running_* None without running statistics); counts the batch when training updates
+        the running statistics."""
+        track = self.config["track_running_stats"]
+        momentum = self.config["momentum"]
+        if training and track:
+            self.num_batches_tracked += 1
+            if momentum is None:
+                momentum = 1.0 / self.num_batches_tracked
+        running = (self._buffers["running_mean"], self._buffers["running_var"]) if track \
+            else (None, None)
+        return self._uses_batch_stats(training), 0.0 if momentum is None else momentum, *running
+
+    def _remember(self, x, batch_stats, mean, inv_std, coef):
+        """What backward needs: the input (as 2-D or 4-D), the mode, the statistics, and the
+        fused ReLU's coefficients (None when unfused)."""
+        self._x, self._batch_stats, self._coef = x, batch_stats, coef
+        self._mean, self._inv_std = mean, inv_std
 
     def _backward(self, dy):
         return self._bn_backward(dy, False)

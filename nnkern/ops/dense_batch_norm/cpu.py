@@ -1,0 +1,223 @@
+"""Numba CPU kernels for Dense -> BatchNorm1D (-> ReLU): one jitted call each way.
+
+Run as separate layers, an MLP's 64x100 hidden layer costs two or three Python steps and two
+Numba dispatches each way, more than its arithmetic (~8 µs of GEMM). Fused, the output features
+are cut into the dense kernels' blocks (``dense.cpu.gemm_parts``) and each block runs
+everything for its features on one thread; batch norm 1-D needs nothing from other features:
+
+    forward   z[:, O_p] = x @ w[O_p].T + b[O_p]     GEMM into scratch, bias on the way into z
+              mean, inv_std, running statistics of O_p from z's columns (rows in order)
+              y[:, O_p] = (z - mean) * gamma * inv_std + beta, ReLU'd when relu
+    backward  g = dy masked by the ReLU (recomputed from z); sums of g and g * (z - mean)
+              dgamma, dbeta; dz = p * g + q * (z - mean) + r    into scratch
+              db[O_p] = sum_n dz; dw[O_p] = dz.T @ x; dx = sum_p dz[:, O_p] @ w[O_p]
+
+Every value is computed as the unfused kernels compute it, in the same order: the dense
+kernels' GEMM blocks and bias sums (``ROW_CHUNKS`` row chunks, merged in order), and the batch
+norm's one-call small path (float64 sums over the rows in order, shifted by the first sample),
+so the results are those of the layers run one by one while the batch norm's input has fewer
+than PARALLEL_MIN_WORK elements (above, the unfused batch norm sums in chunks: rounding
+differences only). z, the batch norm's input, is kept: backward reads it.
+"""
+
+import numpy as np
+from numba import prange
+
+from nnkern._jit import cpu_kernel
+from nnkern.ops import _blas
+from nnkern.ops._reduce import ROW_CHUNKS
+from nnkern.ops.batch_norm.cpu import _bn_backward_finish, _bn_eval_finish, _bn_train_finish
+from nnkern.ops.dense.cpu import _edge, _no_bias, _variant, gemm_parts
+
+#: The kernels call BLAS from Numba (``ops/_blas.py``); without it Sequential runs the layers
+#: one by one.
+AVAILABLE = _blas.AVAILABLE
+
+
+@cpu_kernel
+def _forward_kernel(x, w, b, gamma, beta, running_mean, running_var, training, update, momentum,
+                    eps, relu, z, y, mean, inv_std, coef, scratch, parts):
+    # x (N, I), w (O, I), b (O,) or (0,) for no bias -> z (N, O) = x @ w.T + b,
+    # y (N, O) = batch_norm(z), then max(y, 0) when relu (NaN kept); mean, inv_std (O,) in x's
+    # dtype; coef (3, O) float64 rows (mean, gamma * inv_std, beta); running_* (O,) updated
+    # when update. scratch (N * O,): the blocks of z, contiguous, one per thread. Each block's
+    # sums go to arrays of its own: two threads adding into neighbouring parts of one array
+    # share its middle cache line, which then moves between the cores on every row (+5 µs at
+    # 64x100, more than the sums themselves); z and y are written once, in the last pass.
+    n_, o_ = z.shape
+    has_bias = b.shape[0] > 0
+    zero = z.dtype.type(0)
+    for p in prange(parts):
+        o0, o1 = _edge(p, parts, o_), _edge(p + 1, parts, o_)
+        width = o1 - o0
+        block = scratch[n_ * o0:n_ * o1].reshape((n_, width))
+        _blas.gemm(x, False, w[o0:o1], True, block, 0.0)
+        if has_bias:  # the dense forward's float32 sum
+            b_block = b[o0:o1]
+            for n in range(n_):
+                block_run = block[n]
+                for j in range(width):
+                    block_run[j] += b_block[j]
+        if training:
+            # float64 sums of d = z - shift and d^2 over the rows in order, shift = z[0] (see
+            # batch_norm.cpu: the one-pass variance stays accurate when |mean| >> std)
+            sums = np.zeros((2, width))
+            shift = np.empty(width)
+            s1, s2, first = sums[0], sums[1], block[0]
+            for j in range(width):
+                shift[j] = first[j]
+            for n in range(n_):
+                block_run = block[n]
+                for j in range(width):
+                    d = block_run[j] - shift[j]
+                    s1[j] += d
+                    s2[j] += d * d
+            _bn_train_finish(sums[0:1], sums[1:2], shift, float(n_), momentum, eps, update,
+                             running_mean[o0:o1], running_var[o0:o1], gamma[o0:o1],
+                             beta[o0:o1], mean[o0:o1], inv_std[o0:o1], coef[:, o0:o1])
+        else:
+            _bn_eval_finish(running_mean[o0:o1], running_var[o0:o1], eps, gamma[o0:o1],
+                            beta[o0:o1], mean[o0:o1], inv_std[o0:o1], coef[:, o0:o1])
+        m, scale, shift_b = coef[0, o0:o1], coef[1, o0:o1], coef[2, o0:o1]
+        for n in range(n_):  # y = (z - mean) * scale + beta, in float64 (see batch_norm.cpu)
+            block_run, z_run, y_run = block[n], z[n, o0:o1], y[n, o0:o1]
+            if relu:
+                for j in range(width):
+                    zv = block_run[j]
+                    z_run[j] = zv
+                    v = z.dtype.type((zv - m[j]) * scale[j] + shift_b[j])
+                    y_run[j] = zero if v < zero else v
+            else:
+                for j in range(width):
+                    zv = block_run[j]
+                    z_run[j] = zv
+                    y_run[j] = (zv - m[j]) * scale[j] + shift_b[j]
+
+
+@cpu_kernel
+def _backward_kernel(dy, x, w, z, gamma, mean, inv_std, zcoef, training, relu, has_bias, need_dx,
+                     dgamma, dbeta, db, dw, dx, partial, scratch, parts):
+    # dy (N, O): the gradient of y (after the ReLU when relu); x (N, I), w (O, I), z (N, O);
+    # gamma, mean, inv_std (O,); zcoef: the forward's coef (3, O) ->
+    # dgamma, dbeta, db (O,) (db when has_bias); dw (O, I); dx (N, I) when need_dx, summed over
+    # the blocks (block p > 0 into partial[p - 1]). scratch (N * O,): dz, the gradient of z,
+    # block by block. Sums in arrays of each block's own (see _forward_kernel).
+    n_, o_ = z.shape
+    i_ = x.shape[1]
+    zero = z.dtype.type(0)
+    chunks = ROW_CHUNKS
+    for p in prange(parts):
+        o0, o1 = _edge(p, parts, o_), _edge(p + 1, parts, o_)
+        width = o1 - o0
+        dz = scratch[n_ * o0:n_ * o1].reshape((n_, width))
+        # g = dy, zeroed where the forward's ReLU output was <= 0 (NaN passes, as
+        # relu_backward); float64 sums of g and g * (z - mean), mean as stored (x's dtype)
+        sums = np.zeros((2, width))
+        s1, s2 = sums[0], sums[1]
+        m = np.empty(width)
+        mean_block = mean[o0:o1]
+        for j in range(width):
+            m[j] = mean_block[j]
+        zm, zs, zb = zcoef[0, o0:o1], zcoef[1, o0:o1], zcoef[2, o0:o1]
+        for n in range(n_):
+            dy_run, z_run = dy[n, o0:o1], z[n, o0:o1]
+            if relu:
+                for j in range(width):
+                    zv = z_run[j]
+                    v = z.dtype.type((zv - zm[j]) * zs[j] + zb[j])
+                    d = np.float64(zero if v <= zero else dy_run[j])
+                    s1[j] += d
+                    s2[j] += d * (zv - m[j])
+            else:
+                for j in range(width):
+                    d = np.float64(dy_run[j])
+                    s1[j] += d
+                    s2[j] += d * (z_run[j] - m[j])
+        bcoef = np.empty((3, width))
+        _bn_backward_finish(sums[0:1], sums[1:2], gamma[o0:o1], inv_std[o0:o1], float(n_),
+                            training, dgamma[o0:o1], dbeta[o0:o1], bcoef)
+        bp, bq, br = bcoef[0], bcoef[1], bcoef[2]
+        for n in range(n_):  # dz = p * g + q * (z - mean) + r
+            dy_run, z_run, dz_run = dy[n, o0:o1], z[n, o0:o1], dz[n]
+            if relu:
+                for j in range(width):
+                    zv = z_run[j]
+                    v = z.dtype.type((zv - zm[j]) * zs[j] + zb[j])
+                    g = zero if v <= zero else dy_run[j]
+                    dz_run[j] = bp[j] * g + bq[j] * (zv - m[j]) + br[j]
+            else:
+                for j in range(width):
+                    dz_run[j] = bp[j] * dy_run[j] + bq[j] * (z_run[j] - m[j]) + br[j]
+        if has_bias:  # db = sum_n dz: float64 sums of ROW_CHUNKS row chunks, added in order
+            total, part = s1, s2
+            for j in range(width):
+                total[j] = 0.0
+            for k in range(chunks):
+                for j in range(width):
+                    part[j] = 0.0
+                for r in range(k * n_ // chunks, (k + 1) * n_ // chunks):
+                    dz_run = dz[r]
+                    for j in range(width):
+                        part[j] += dz_run[j]
+                for j in range(width):
+                    total[j] += part[j]
+            db_block = db[o0:o1]
+            for j in range(width):
+                db_block[j] = total[j]
+        _blas.gemm(dz, True, x, False, dw[o0:o1], 0.0)
+        if need_dx:
+            _blas.gemm(dz, False, w[o0:o1], False, dx if p == 0 else partial[p - 1], 0.0)
+    if need_dx and parts > 1:
+        for n in prange(n_):
+            dx_run = dx[n]
+            for q in range(parts - 1):
+                p_run = partial[q, n]
+                for i in range(i_):
+                    dx_run[i] += p_run[i]
+
+
+def forward(x, w, b, gamma, beta, running_mean, running_var, training, momentum, eps, relu):
+    """z = x @ w.T + b, y = batch_norm(z) (ReLU'd when ``relu``). Returns (z, y, mean, inv_std,
+    coef), coef the float64 (3, O) rows ``backward`` takes as zcoef. Arguments as the dense and
+    batch-norm CPU kernels take them (validated by the layers; b may be None; running_* both
+    None or both given, updated in place when ``training``); needs ``_blas.AVAILABLE``."""
+    (n, i), o = x.shape, w.shape[0]
+    z = np.empty((n, o), x.dtype)
+    y = np.empty((n, o), x.dtype)
+    mean = np.empty(o, x.dtype)
+    inv_std = np.empty(o, x.dtype)
+    coef = np.empty((3, o), np.float64)
+    update = running_mean is not None
+    work = n * i * o
+    with _blas.serial_blas():
+        _variant(_forward_kernel, work)(
+            x, w, _no_bias(x.dtype) if b is None else b, gamma, beta,
+            running_mean if update else mean, running_var if update else inv_std, training,
+            update and training, momentum, eps, relu, z, y, mean, inv_std, coef,
+            np.empty(n * o, x.dtype), gemm_parts(work, o))
+    return z, y, mean, inv_std, coef
+
+
+def backward(dy, x, w, z, gamma, mean, inv_std, zcoef, training, relu, *, has_bias=True,
+             need_dx=True, out=None):
+    """Gradients of ``forward`` (``training``: its batch statistics were used). dy: the
+    gradient of y. ``out``: (dx, dw, db, dgamma, dbeta) buffers, entries may be None. Returns
+    them, dx None when not ``need_dx``, db None without bias."""
+    dx, dw, db, dgamma, dbeta = (None,) * 5 if out is None else out
+    (n, i), o = x.shape, w.shape[0]
+    dtype = x.dtype
+    if need_dx and dx is None:
+        dx = np.empty_like(x)
+    dw = np.empty_like(w) if dw is None else dw
+    if has_bias and db is None:
+        db = np.empty(o, dtype)
+    dgamma = np.empty(o, dtype) if dgamma is None else dgamma
+    dbeta = np.empty(o, dtype) if dbeta is None else dbeta
+    work = n * i * o
+    parts = gemm_parts(work, o)
+    with _blas.serial_blas():
+        _variant(_backward_kernel, work)(
+            dy, x, w, z, gamma, mean, inv_std, zcoef, training, relu, has_bias, need_dx, dgamma,
+            dbeta, db if has_bias else _no_bias(dtype), dw, dx if need_dx else dw,
+            np.empty((parts - 1 if need_dx else 0, n, i), dtype), np.empty(n * o, dtype), parts)
+    return (dx if need_dx else None), dw, (db if has_bias else None), dgamma, dbeta
