@@ -17,6 +17,8 @@ from nnkern.ops import _dispatch
 from nnkern.ops.batch_norm import cpu as bn_cpu
 from nnkern.ops.batch_norm import ref as bn_ref
 from nnkern.ops.dense import cpu as dense_cpu
+from nnkern.ops.dense import ref as dense_ref
+from nnkern.ops.dense_batch_norm import cpu as dense_bn_cpu
 from nnkern.testing import assert_close
 
 
@@ -128,6 +130,25 @@ def test_layers_keep_their_own_state_after_a_fused_forward(rng):
     np.testing.assert_array_equal(bn.backward(np.where(y > 0, dy, 0)), want)
 
 
+def test_dense_batch_norm_step_leaves_each_layer_its_own_state(rng):
+    model = Sequential(L.Dense(5, 4, rng=rng), L.BatchNorm1D(4), L.ReLU())
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    model.forward(x)  # validates
+    y = model.forward(x)
+    assert type(model._ran[0]) is _DenseBatchNorm and model._ran[0].fused
+    assert model[1].num_batches_tracked == 2
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = model.backward(dy)
+    grads = [p.grad.copy() for p in model.parameters()]
+    dense, bn, relu = model  # the layers' own backwards from the state the fused step left
+    np.testing.assert_array_equal(dense.backward(bn.backward(relu.backward(dy))), dx)
+    for p, g in zip(model.parameters(), grads):
+        np.testing.assert_array_equal(p.grad, g)
+    model.forward(x)
+    with pytest.raises(ValueError, match=r"dy must have shape \(6, 4\)"):
+        model.backward(np.ones((6, 3), np.float32))
+
+
 # ----- the fused kernels against the NumPy references -----
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -179,6 +200,64 @@ def test_dense_relu_kernels_match_the_unfused_ops(rng, variant, dtype, bias):
                 assert a is None
             else:
                 np.testing.assert_array_equal(a, e)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7, 5, 3), (64, 100, 100), (40, 300, 70)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "norelu"])
+def test_dense_batch_norm_kernels_match_the_unfused_ops_and_the_references(
+        rng, variant, shape, dtype, training, relu):
+    """64x100 -> 100 and up: two blocks of features. Serial: the unfused ops' bits (the same
+    loops in the same order); parallel (forced at every size here): the unfused batch norm
+    sums in chunks, so close. Both against the NumPy references composed, in float64."""
+    n, i, o = shape
+    bias = o != 100  # the MLP's hidden layers have none before their batch norm
+    x = (0.5 + rng.standard_normal((n, i))).astype(dtype)
+    w = (rng.standard_normal((o, i)) / np.sqrt(i)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype) if bias else None
+    gamma, beta = rng.uniform(0.5, 1.5, o).astype(dtype), rng.standard_normal(o).astype(dtype)
+    rm, rv = rng.standard_normal(o).astype(dtype), rng.uniform(0.5, 2, o).astype(dtype)
+    running = [rm.copy(), rv.copy()], [rm.copy(), rv.copy()], [rm.astype(np.float64),
+                                                              rv.astype(np.float64)]
+    z, y, mean, inv_std, coef = dense_bn_cpu.forward(x, w, b, gamma, beta, *running[0],
+                                                     training, 0.1, 1e-5, relu)
+    z_plain = dense_cpu.dense_forward(x, w, b)
+    y_plain, *stats_plain, coef_plain = bn_cpu.forward(z_plain, gamma, beta, *running[1],
+                                                      training, 0.1, 1e-5, relu)
+    f64 = [None if a is None else a.astype(np.float64) for a in (x, w, b, gamma, beta)]
+    z_ref = dense_ref.dense_forward(*f64[:3])
+    y_ref, mean_ref, inv_ref = bn_ref.batch_norm_forward(z_ref, *f64[3:], *running[2],
+                                                         training=training, momentum=0.1)
+    y_ref = np.maximum(y_ref, 0) if relu else y_ref
+    check = np.testing.assert_array_equal if variant == "serial" else assert_close
+    for got, plain, ref in zip((z, y, mean, inv_std, *running[0]),
+                               (z_plain, y_plain, *stats_plain, *running[1]),
+                               (z_ref, y_ref, mean_ref, inv_ref, *running[2])):
+        assert got.dtype == dtype
+        check(got, plain)
+        assert_close(got, ref, scale=10)
+    dy = rng.standard_normal((n, o)).astype(dtype)
+    for need_dx in (True, False):
+        got = dense_bn_cpu.backward(dy, x, w, z, gamma, mean, inv_std, coef, training, relu,
+                                    has_bias=bias, need_dx=need_dx)
+        dz, dgamma, dbeta = bn_cpu.backward(dy, z_plain, gamma, *stats_plain, training, relu,
+                                            coef_plain)
+        plain = (*dense_cpu.dense_backward(dz, x, w, has_bias=bias, need_dx=need_dx), dgamma,
+                 dbeta)
+        g = np.where(y > 0, dy, 0) if relu else dy
+        dz_ref, *bn_grads = bn_ref.batch_norm_backward(
+            g.astype(np.float64), z.astype(np.float64), f64[3], mean.astype(np.float64),
+            inv_std.astype(np.float64), training=training)
+        ref = (*dense_ref.dense_backward(dz_ref, *f64[:2], has_bias=bias, need_dx=need_dx),
+               *bn_grads)
+        for a, p, r in zip(got, plain, ref):
+            if r is None:
+                assert a is None and p is None
+                continue
+            check(a, p)
+            assert_close(a, r, scale=max(1.0, n * o / 1000))
 
 
 # ----- fast paths keep the checks -----
