@@ -272,10 +272,10 @@ class _BatchNormReLU(_Fused):
 class _DenseBatchNorm:
     """Dense -> BatchNorm1D, or Dense -> BatchNorm1D -> ReLU, as one step: one jitted call each
     way (``nnkern.ops.dense_batch_norm``) when every layer is on the CPU and has validated this
-    input shape once, the same bits as the layers one by one. Otherwise (the first call, other
-    devices or dtypes, the reference backend) the Dense runs on its own and ``rest`` (the batch
-    norm, fused with the ReLU where it can be) after it. Each layer is left in the state its
-    own forward would leave (see _Fused)."""
+    input shape once; the values of the layers one by one, up to rounding. Otherwise (the first
+    call, other devices or dtypes, the reference backend) the Dense runs on its own and ``rest``
+    (the batch norm, fused with the ReLU where it can be) after it. Each layer is left in the
+    state its own forward would leave (see _Fused)."""
     __slots__ = ("first", "norm", "relu", "rest", "index", "fused", "trainable")
 
     def __init__(self, dense, norm, relu, index):

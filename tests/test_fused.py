@@ -84,9 +84,10 @@ def test_fused_steps_match_the_layers_one_by_one(rng, variant, name, dtype, trai
     x = rng.standard_normal(shape).astype(dtype)
     (values, grads), (values_plain, grads_plain) = (run(m, x, 7, training=training)
                                                     for m in (fused, plain))
-    # Dense -> BN sums its statistics as the batch norm's small-input path does; with every
-    # kernel parallel (forced here at any size) the unfused batch norm sums in chunks instead
-    exact = variant == "serial" or _DenseBatchNorm not in kinds
+    # Dense -> BN: the same operations, but its per-feature float64 coefficients may round
+    # differently (see nnkern/ops/dense_batch_norm/cpu.py), and with every kernel parallel
+    # (forced here at any size) the unfused batch norm sums in chunks
+    exact = _DenseBatchNorm not in kinds
     for got, want in zip(values, values_plain):
         if exact:
             np.testing.assert_array_equal(got, want)
@@ -209,9 +210,9 @@ def test_dense_relu_kernels_match_the_unfused_ops(rng, variant, dtype, bias):
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "norelu"])
 def test_dense_batch_norm_kernels_match_the_unfused_ops_and_the_references(
         rng, variant, shape, dtype, training, relu):
-    """64x100 -> 100 and up: two blocks of features. Serial: the unfused ops' bits (the same
-    loops in the same order); parallel (forced at every size here): the unfused batch norm
-    sums in chunks, so close. Both against the NumPy references composed, in float64."""
+    """64x100 -> 100 and up: two blocks of features. Against the unfused ops at the dtype's
+    tolerance (the same operations; float64 coefficients may round apart, see the module
+    docstring) and against the NumPy references composed, in float64."""
     n, i, o = shape
     bias = o != 100  # the MLP's hidden layers have none before their batch norm
     x = (0.5 + rng.standard_normal((n, i))).astype(dtype)
@@ -231,12 +232,11 @@ def test_dense_batch_norm_kernels_match_the_unfused_ops_and_the_references(
     y_ref, mean_ref, inv_ref = bn_ref.batch_norm_forward(z_ref, *f64[3:], *running[2],
                                                          training=training, momentum=0.1)
     y_ref = np.maximum(y_ref, 0) if relu else y_ref
-    check = np.testing.assert_array_equal if variant == "serial" else assert_close
     for got, plain, ref in zip((z, y, mean, inv_std, *running[0]),
                                (z_plain, y_plain, *stats_plain, *running[1]),
                                (z_ref, y_ref, mean_ref, inv_ref, *running[2])):
         assert got.dtype == dtype
-        check(got, plain)
+        assert_close(got, plain)
         assert_close(got, ref, scale=10)
     dy = rng.standard_normal((n, o)).astype(dtype)
     for need_dx in (True, False):
@@ -256,7 +256,7 @@ def test_dense_batch_norm_kernels_match_the_unfused_ops_and_the_references(
             if r is None:
                 assert a is None and p is None
                 continue
-            check(a, p)
+            assert_close(a, p)
             assert_close(a, r, scale=max(1.0, n * o / 1000))
 
 

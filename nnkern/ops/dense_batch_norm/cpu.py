@@ -14,10 +14,13 @@ everything for its features on one thread; batch norm 1-D needs nothing from oth
 
 Every value is computed as the unfused kernels compute it, in the same order: the dense
 kernels' GEMM blocks and bias sums (``ROW_CHUNKS`` row chunks, merged in order), and the batch
-norm's one-call small path (float64 sums over the rows in order, shifted by the first sample),
-so the results are those of the layers run one by one while the batch norm's input has fewer
-than PARALLEL_MIN_WORK elements (above, the unfused batch norm sums in chunks: rounding
-differences only). z, the batch norm's input, is kept: backward reads it.
+norm's one-call small path (float64 sums over the rows in order, shifted by the first sample;
+the same per-feature finish functions). The results are those of the layers run one by one up
+to rounding: Numba compiles those finish functions per argument layout (here slices of the
+blocks) and may reuse one compiled for another layout, and under fastmath their float64
+coefficients can differ in the last bit between two compilations (seen in float64 outputs,
+1 ulp); above PARALLEL_MIN_WORK elements the unfused batch norm also sums in chunks. z, the
+batch norm's input, is kept: backward reads it.
 """
 
 import numpy as np
