@@ -54,8 +54,9 @@ class Sequential(Layer):
 
     # -- forward / backward --------------------------------------------------------------------
     #: Run Dense -> ReLU and BatchNorm1D/2D -> ReLU as fused steps on the CPU (one pass over
-    #: the output each way instead of two or three; the same values). Set False on a model (or
-    #: the class) to run every layer on its own.
+    #: the output each way instead of two or three; the same values), and Dense ->
+    #: BatchNorm1D (-> ReLU) as one jitted call each way (the same values up to rounding). Set
+    #: False on a model (or the class) to run every layer on its own.
     fuse = True
 
     def _steps(self):
