@@ -19,7 +19,7 @@ from nnkern.ops.batch_norm import ref as bn_ref
 from nnkern.ops.dense import cpu as dense_cpu
 from nnkern.ops.dense import ref as dense_ref
 from nnkern.ops.dense_batch_norm import cpu as dense_bn_cpu
-from nnkern.testing import assert_close
+from nnkern.testing import assert_close, numerical_gradient
 
 
 def mlp_bn(rng):
@@ -129,6 +129,27 @@ def test_layers_keep_their_own_state_after_a_fused_forward(rng):
     want = nnkern.functional.batch_norm_backward(np.where(y > 0, dy, 0), x, bn.gamma.data,
                                                   bn._mean, bn._inv_std)[0]
     np.testing.assert_array_equal(bn.backward(np.where(y > 0, dy, 0)), want)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_dense_batch_norm_gradients_finite_difference(rng, variant, training):
+    """float64: the fused backward against central differences of the fused forward (loss
+    sum(y * r); no running statistics in training, so repeated forwards change nothing)."""
+    n, i, o = 7, 5, 3
+    x, w, b = (rng.standard_normal(s) for s in ((n, i), (o, i), (o,)))
+    gamma, beta = rng.uniform(0.5, 1.5, o), rng.standard_normal(o)
+    running = (None, None) if training else (rng.standard_normal(o), rng.uniform(0.5, 2, o))
+    r = rng.standard_normal((n, o))
+
+    def loss():
+        y = dense_bn_cpu.forward(x, w, b, gamma, beta, *running, training, 0.1, 1e-5, False)[1]
+        return float((y * r).sum())
+
+    z, _, mean, inv_std, coef = dense_bn_cpu.forward(x, w, b, gamma, beta, *running, training,
+                                                     0.1, 1e-5, False)
+    grads = dense_bn_cpu.backward(r, x, w, z, gamma, mean, inv_std, coef, training, False)
+    for got, wrt in zip(grads, (x, w, b, gamma, beta)):
+        np.testing.assert_allclose(got, numerical_gradient(loss, wrt), rtol=1e-5, atol=1e-7)
 
 
 def test_dense_batch_norm_step_leaves_each_layer_its_own_state(rng):
