@@ -277,7 +277,7 @@ class _DenseBatchNorm:
     call, other devices or dtypes, the reference backend) the Dense runs on its own and ``rest``
     (the batch norm, fused with the ReLU where it can be) after it. Each layer is left in the
     state its own forward would leave (see _Fused)."""
-    __slots__ = ("first", "norm", "relu", "rest", "index", "fused", "trainable")
+    __slots__ = ("first", "norm", "relu", "rest", "index", "fused", "trainable", "zb")
 
     def __init__(self, dense, norm, relu, index):
         self.first, self.norm, self.relu, self.index = dense, norm, relu, index
@@ -285,6 +285,7 @@ class _DenseBatchNorm:
             else _BatchNormReLU(norm, relu, index + 1)
         self.fused = False
         self.trainable = True
+        self.zb = None  # the fused forward's z, in its blocks (ops/dense_batch_norm/cpu.py)
 
     def _fusable(self, x, training):
         dense, norm, relu = self.first, self.norm, self.relu
@@ -303,11 +304,15 @@ class _DenseBatchNorm:
         use_batch_stats, momentum, *running = norm._step_args(training)
         gamma, beta = norm._affine()
         bias = dense.bias
-        z, y, mean, inv_std, coef = cpu_backend("dense_batch_norm").forward(
-            x, dense.weight.data, None if bias is None else bias.data, gamma, beta, *running,
+        ops = cpu_backend("dense_batch_norm")
+        weight = dense.weight.data
+        self.zb, y, mean, inv_std, coef = ops.forward(
+            x, weight, None if bias is None else bias.data, gamma, beta, *running,
             use_batch_stats, momentum, norm.config["eps"], relu is not None)
         dense._x = x
-        norm._remember(z, use_batch_stats, mean, inv_std, coef)
+        zb, (n, i), o = self.zb, x.shape, weight.shape[0]
+        norm._remember(None, use_batch_stats, mean, inv_std, coef,
+                       lambda: ops.z_from_blocks(zb, n, i, o))
         dense._has_forward = norm._has_forward = True
         if relu is not None:
             relu._x = relu._y = y
@@ -320,8 +325,9 @@ class _DenseBatchNorm:
         if not self.fused:
             return dense.backward(self.rest.backward(dy))
         dy = (norm if relu is None else relu)._prepare_grad(dy)
-        z = norm._x
-        if not (type(dy) is np.ndarray and dy.shape == z.shape and dy.dtype == z.dtype):
+        x, zb = dense._x, self.zb
+        if not (type(dy) is np.ndarray and dy.shape == (x.shape[0], dense.config["out_features"])
+                and dy.dtype == zb.dtype):
             # the layers' own backwards, which check dy and say what is wrong with it
             dy = dy if relu is None else relu.backward(dy)
             return dense.backward(norm.backward(dy))
@@ -331,7 +337,7 @@ class _DenseBatchNorm:
                None if norm.gamma is None else norm.gamma.grad,
                None if norm.beta is None else norm.beta.grad)
         dx, *_ = cpu_backend("dense_batch_norm").backward(
-            dy, dense._x, dense.weight.data, z, gamma, norm._mean, norm._inv_std, norm._coef,
+            dy, x, dense.weight.data, zb, gamma, norm._mean, norm._inv_std, norm._coef,
             norm._batch_stats, relu is not None, has_bias=bias is not None,
             need_dx=dense.needs_input_grad, out=out)
         return dx

@@ -145,9 +145,9 @@ def test_dense_batch_norm_gradients_finite_difference(rng, variant, training):
         y = dense_bn_cpu.forward(x, w, b, gamma, beta, *running, training, 0.1, 1e-5, False)[1]
         return float((y * r).sum())
 
-    z, _, mean, inv_std, coef = dense_bn_cpu.forward(x, w, b, gamma, beta, *running, training,
-                                                     0.1, 1e-5, False)
-    grads = dense_bn_cpu.backward(r, x, w, z, gamma, mean, inv_std, coef, training, False)
+    zb, _, mean, inv_std, coef = dense_bn_cpu.forward(x, w, b, gamma, beta, *running, training,
+                                                      0.1, 1e-5, False)
+    grads = dense_bn_cpu.backward(r, x, w, zb, gamma, mean, inv_std, coef, training, False)
     for got, wrt in zip(grads, (x, w, b, gamma, beta)):
         np.testing.assert_allclose(got, numerical_gradient(loss, wrt), rtol=1e-5, atol=1e-7)
 
@@ -243,8 +243,9 @@ def test_dense_batch_norm_kernels_match_the_unfused_ops_and_the_references(
     rm, rv = rng.standard_normal(o).astype(dtype), rng.uniform(0.5, 2, o).astype(dtype)
     running = [rm.copy(), rv.copy()], [rm.copy(), rv.copy()], [rm.astype(np.float64),
                                                               rv.astype(np.float64)]
-    z, y, mean, inv_std, coef = dense_bn_cpu.forward(x, w, b, gamma, beta, *running[0],
-                                                     training, 0.1, 1e-5, relu)
+    zb, y, mean, inv_std, coef = dense_bn_cpu.forward(x, w, b, gamma, beta, *running[0],
+                                                      training, 0.1, 1e-5, relu)
+    z = dense_bn_cpu.z_from_blocks(zb, n, i, o)
     z_plain = dense_cpu.dense_forward(x, w, b)
     y_plain, *stats_plain, coef_plain = bn_cpu.forward(z_plain, gamma, beta, *running[1],
                                                       training, 0.1, 1e-5, relu)
@@ -261,7 +262,7 @@ def test_dense_batch_norm_kernels_match_the_unfused_ops_and_the_references(
         assert_close(got, ref, scale=10)
     dy = rng.standard_normal((n, o)).astype(dtype)
     for need_dx in (True, False):
-        got = dense_bn_cpu.backward(dy, x, w, z, gamma, mean, inv_std, coef, training, relu,
+        got = dense_bn_cpu.backward(dy, x, w, zb, gamma, mean, inv_std, coef, training, relu,
                                     has_bias=bias, need_dx=need_dx)
         dz, dgamma, dbeta = bn_cpu.backward(dy, z_plain, gamma, *stats_plain, training, relu,
                                             coef_plain)

@@ -48,6 +48,7 @@ class _BatchNorm(Layer):
             self.add_buffer("running_mean", np.zeros(num_features, dtype))
             self.add_buffer("running_var", np.ones(num_features, dtype))
         self.num_batches_tracked = 0
+        self._x = self._x_later = None  # the last forward's input (see _remember)
 
     # PyTorch's names for gamma and beta
     @property
@@ -119,11 +120,19 @@ class _BatchNorm(Layer):
             else (None, None)
         return self._uses_batch_stats(training), 0.0 if momentum is None else momentum, *running
 
-    def _remember(self, x, batch_stats, mean, inv_std, coef):
+    def _remember(self, x, batch_stats, mean, inv_std, coef, x_later=None):
         """What backward needs: the input (as 2-D or 4-D), the mode, the statistics, and the
-        fused ReLU's coefficients (None when unfused)."""
-        self._x, self._batch_stats, self._coef = x, batch_stats, coef
+        fused ReLU's coefficients (None when unfused). ``x_later``: with x None, a function
+        that returns it (a fused Dense -> BN step keeps x in its own layout; this layer's own
+        backward, which few runs reach, puts it together)."""
+        self._x, self._x_later, self._batch_stats, self._coef = x, x_later, batch_stats, coef
         self._mean, self._inv_std = mean, inv_std
+
+    def _input(self):
+        """The last forward's input (see ``_remember``)."""
+        if self._x is None and self._x_later is not None:
+            self._x, self._x_later = self._x_later(), None
+        return self._x
 
     def _backward(self, dy):
         return self._bn_backward(dy, False)
@@ -133,7 +142,7 @@ class _BatchNorm(Layer):
         forward)."""
         gamma, _ = self._affine()
         out = (None, self.gamma.grad, self.beta.grad) if self.gamma is not None else None
-        x = self._x
+        x = self._input()
         if self._checked is not None and type(dy) is np.ndarray and type(x) is np.ndarray \
                 and dy.size == x.size and dy.dtype == x.dtype \
                 and (dy.shape == x.shape or dy.shape == x.shape[:3]):
@@ -147,7 +156,7 @@ class _BatchNorm(Layer):
                                                          self._inv_std,
                                                          training=self._batch_stats, out=out)
             return dx.reshape(dy.shape)
-        dx, _, _ = F.batch_norm_backward(dy.reshape(self._x.shape), self._x, gamma, self._mean,
+        dx, _, _ = F.batch_norm_backward(dy.reshape(x.shape), x, gamma, self._mean,
                                          self._inv_std, training=self._batch_stats, out=out)
         return dx.reshape(dy.shape)
 
