@@ -16,6 +16,7 @@ import numpy as np
 from nnkern.backend import CPU, check_device
 from nnkern.layers._common import cpu_backend, fusion
 from nnkern.layers.base import Layer, layer_class
+from nnkern.runtime import serial_blas
 
 FORMAT = "nnkern-model"
 FORMAT_VERSION = 1
@@ -71,8 +72,9 @@ class Sequential(Layer):
     def forward(self, x, training=None):
         training = self.training if training is None else bool(training)
         steps = self._steps()
-        for step in steps:
-            x = step.forward(x, training)
+        with serial_blas():  # one flip of the BLAS thread count for all layers (see runtime)
+            for step in steps:
+                x = step.forward(x, training)
         self._ran = steps
         self._has_forward = True
         return x
@@ -94,14 +96,15 @@ class Sequential(Layer):
         for step in steps:
             flags.append(needed)
             needed = needed or step.trainable
-        for i in range(len(steps) - 1, -1, -1):
-            step = steps[i]
-            if not flags[i] and not step.trainable:
-                return None  # nothing below this step needs a gradient
-            step.first.needs_input_grad = flags[i]
-            dy = step.backward(dy)
-            if dy is None:
-                break
+        with serial_blas():
+            for i in range(len(steps) - 1, -1, -1):
+                step = steps[i]
+                if not flags[i] and not step.trainable:
+                    return None  # nothing below this step needs a gradient
+                step.first.needs_input_grad = flags[i]
+                dy = step.backward(dy)
+                if dy is None:
+                    break
         return dy if need_input_grad else None
 
     # -- state, mode, device -------------------------------------------------------------------

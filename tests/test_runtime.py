@@ -59,6 +59,37 @@ def test_set_num_threads_rejects_bad_values(restore_threads):
             nnkern.set_num_threads(bad)
 
 
+def test_serial_blas_nests_and_the_outermost_block_restores_the_count(restore_threads):
+    blas = runtime._numpy_blas()
+    if not blas.ok:
+        pytest.skip("NumPy's BLAS is not a pthreads OpenBLAS")
+    blas.set(2)
+    with runtime.serial_blas():
+        assert blas.get() == 1
+        with runtime.serial_blas():
+            assert blas.get() == 1
+        assert blas.get() == 1  # an inner block leaves the count to the outer one
+    assert blas.get() == 2
+    with pytest.raises(KeyError), runtime.serial_blas():
+        raise KeyError
+    assert blas.get() == 2 and runtime._serial_depth == 0
+    # Sequential runs its layers inside one block; the kernels' own blocks nest in it
+    model = nnkern.models.mlp(batch_norm=True, rng=0)
+    x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
+    seen = []
+    first = model.layers[1]
+    real = first.forward
+
+    def spy(*args, **kwargs):
+        seen.append(blas.get())
+        return real(*args, **kwargs)
+
+    first.forward = spy  # the first call (validation) runs the layers one by one
+    model.forward(x)
+    model.backward(np.ones((8, 10), np.float32))
+    assert seen == [1] and blas.get() == 2
+
+
 def test_matmul_small_products_run_on_one_thread_and_restore_the_count(restore_threads,
                                                                         monkeypatch):
     blas = runtime._numpy_blas()

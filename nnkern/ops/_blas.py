@@ -17,7 +17,8 @@ when the kernel is compiled. Elsewhere (an MKL or a 32-bit-integer NumPy build) 
 False and callers keep their ``np.matmul`` path.
 
 OpenBLAS must run single-threaded while a kernel calls it (the calls may run on several Numba
-threads at once): callers wrap kernel calls in :func:`serial_blas`.
+threads at once): callers wrap kernel calls in ``serial_blas`` (``nnkern.runtime``, imported
+here for them).
 """
 
 import ctypes
@@ -29,7 +30,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from nnkern._jit import cpu_inline
-from nnkern.runtime import _numpy_blas
+from nnkern.runtime import _numpy_blas, serial_blas  # noqa: F401 (kernels' callers use it)
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _SYMBOLS = {"s": "nnkern_cblas_sgemm", "d": "nnkern_cblas_dgemm"}
@@ -53,23 +54,6 @@ def _bind():
 
 #: True when kernels may call :func:`gemm` (NumPy's OpenBLAS is scipy-openblas64).
 AVAILABLE = _bind()
-
-
-class serial_blas:
-    """Context: NumPy's OpenBLAS single-threaded (restored on exit), for kernels that call
-    :func:`gemm`, possibly from several threads. ~1 µs."""
-
-    def __enter__(self):
-        blas = _numpy_blas()
-        self.saved = blas.get()
-        if self.saved != 1:
-            blas.set(1)
-        return self
-
-    def __exit__(self, *exc):
-        if self.saved != 1:
-            _numpy_blas().set(self.saved)
-        return False
 
 
 @intrinsic

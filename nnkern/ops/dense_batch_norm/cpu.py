@@ -67,6 +67,10 @@ def _forward_kernel(x, w, b, gamma, beta, running_mean, running_var, training, u
                 block_run = block[n]
                 for j in range(width):
                     block_run[j] += b_block[j]
+        # the block's (mean, scale, beta) rows in an array of its own, copied into coef at the
+        # end: read from coef, a cache line shared with the other block's columns may just
+        # have moved to the other core (~1 µs at 64x100)
+        block_coef = np.empty((3, width))
         if training:
             # float64 sums of d = z - shift and d^2 over the rows in order, shift = z[0] (see
             # batch_norm.cpu: the one-pass variance stays accurate when |mean| >> std)
@@ -83,11 +87,11 @@ def _forward_kernel(x, w, b, gamma, beta, running_mean, running_var, training, u
                     s2[j] += d * d
             _bn_train_finish(sums[0:1], sums[1:2], shift, float(n_), momentum, eps, update,
                              running_mean[o0:o1], running_var[o0:o1], gamma[o0:o1],
-                             beta[o0:o1], mean[o0:o1], inv_std[o0:o1], coef[:, o0:o1])
+                             beta[o0:o1], mean[o0:o1], inv_std[o0:o1], block_coef)
         else:
             _bn_eval_finish(running_mean[o0:o1], running_var[o0:o1], eps, gamma[o0:o1],
-                            beta[o0:o1], mean[o0:o1], inv_std[o0:o1], coef[:, o0:o1])
-        m, scale, shift_b = coef[0, o0:o1], coef[1, o0:o1], coef[2, o0:o1]
+                            beta[o0:o1], mean[o0:o1], inv_std[o0:o1], block_coef)
+        m, scale, shift_b = block_coef[0], block_coef[1], block_coef[2]
         for n in range(n_):  # y = (z - mean) * scale + beta, in float64 (see batch_norm.cpu)
             z_run, y_run = block[n], y[n, o0:o1]
             if relu:
@@ -97,6 +101,7 @@ def _forward_kernel(x, w, b, gamma, beta, running_mean, running_var, training, u
             else:
                 for j in range(width):
                     y_run[j] = (z_run[j] - m[j]) * scale[j] + shift_b[j]
+        coef[:, o0:o1] = block_coef
 
 
 @cpu_kernel
