@@ -55,49 +55,86 @@ def _start_threads():
 
     OpenMP threads busy-wait after each parallel region (libgomp: ~300,000 spins, about a
     millisecond). nnkern alternates Numba regions with OpenBLAS calls and the conv's worker
-    threads, which the spinning threads starve: on 2 cores a CNN step took 90 ms instead of
-    31 ms, a VGG-10 step 1.2 s instead of 0.6 s. GOMP_SPINCOUNT=10000 (measured: a region
+    threads, which the spinning threads starve: on 2 cores a VGG-10 + BN step takes 326 ms
+    instead of 277, the small CNN's 19.4 instead of 16.3 (2-3x before the convolutions'
+    rework). GOMP_SPINCOUNT=10000 (measured: a region
     still starts in ~2 µs 0.1 ms after the last one, then the threads sleep and one costs
     ~45 µs after 0.3 ms idle) cures it. libgomp reads it once, when it is
     loaded, so it is set only while Numba loads its OpenMP layer and then removed again:
-    PyTorch ships its own libgomp, which must keep its own default (with 10000 in its
-    environment, torch's small ops ran 5x slower in the same process).
+    PyTorch's bundled libgomp, if it loads later, reads its own default (with 10000 in its
+    environment, torch's small ops ran 5x slower). But PyTorch imported after nnkern has
+    started its threads does not load its copy: it binds to the libgomp already loaded (same
+    soname) and shares the short spin-wait (its MLP 3x100 + BN step 0.89 -> 1.00-1.03 ms).
+    Hence ``python -m nnkern bench`` imports torch first.
 
-    If an OpenMP runtime is already loaded (PyTorch imported first), Numba's OpenMP layer binds
-    to that one, already initialised with the default spinning (a VGG-10 + BN step: 345 ms
-    instead of 293 ms). Then nnkern takes Numba's "workqueue" layer, whose threads sleep
-    between kernels (314 ms), though each parallel launch costs ~0.1-0.2 ms on 2 cores (an
-    empty region: 0.11-0.13 ms, against ~2 µs back to back on OpenMP). A GOMP_SPINCOUNT or
-    NUMBA_THREADING_LAYER of the user's own is left as it is.
+    If an OpenMP runtime is already loaded (PyTorch imported first), Numba's OpenMP layer
+    would bind to it (its symbols come first in the process's global scope), initialised with
+    the default spinning. So the layer's library is loaded first with RTLD_DEEPBIND
+    (``_own_openmp``): it then binds to the libgomp it was linked against, a runtime of its own
+    that reads GOMP_SPINCOUNT, beside PyTorch's copy. Only if that libgomp is the very one
+    already loaded (one runtime, shared) does nnkern take Numba's "workqueue" layer, whose
+    threads sleep between kernels, though each parallel launch costs ~0.1-0.2 ms on 2 cores (an
+    empty region: 0.11-0.13 ms, against ~2 µs back to back on OpenMP). Measured with PyTorch
+    imported first: an MLP 3x100 + BN step 0.50 ms on workqueue, 0.36 ms on a runtime of its
+    own (0.40 sampled right after torch's steps, whose threads still spin); a VGG-10 + BN step
+    322 and 290-305 ms (bound to PyTorch's spinning runtime: 0.37 and 325-335 ms).
+    A GOMP_SPINCOUNT or NUMBA_THREADING_LAYER of the user's own is left as it is.
     """
     from numba.np.ufunc import parallel
     if getattr(parallel, "_is_initialized", False):
         return  # somebody already started Numba's threads: their choice stands
-    if not os.environ.get("NUMBA_THREADING_LAYER") and _openmp_loaded():
-        numba.config.THREADING_LAYER = "workqueue"
     own = "GOMP_SPINCOUNT" not in os.environ
     if own:
         os.environ["GOMP_SPINCOUNT"] = "10000"
     try:
+        if not os.environ.get("NUMBA_THREADING_LAYER") and openmp_runtimes() \
+                and not _own_openmp():
+            numba.config.THREADING_LAYER = "workqueue"
         numba.get_num_threads()  # loads the threading layer (and libgomp) and starts the pool
     finally:
         if own:
             os.environ.pop("GOMP_SPINCOUNT", None)
 
 
-def _openmp_loaded():
-    """Whether an OpenMP runtime is already in this process (Linux; elsewhere: False)."""
+def openmp_runtimes():
+    """The OpenMP runtimes mapped into this process, as file paths (Linux; elsewhere none)."""
     try:
         with open("/proc/self/maps") as maps:
-            text = maps.read()
+            lines = maps.read().splitlines()
     except OSError:
+        return set()
+    paths = set()
+    for line in lines:
+        fields = line.split(maxsplit=5)  # address, perms, offset, dev, inode, path
+        if len(fields) == 6 and any(n in fields[5] for n in ("libgomp", "libiomp", "libomp")):
+            paths.add(os.path.realpath(fields[5]))
+    return paths
+
+
+def _own_openmp():
+    """Load Numba's OpenMP layer with RTLD_DEEPBIND, before Numba imports it (the import then
+    finds it loaded), so that it binds to the libgomp it was linked against rather than to
+    the runtime already in the global scope. True when that brought a runtime of its own."""
+    import ctypes
+    import importlib.util
+    deepbind = getattr(os, "RTLD_DEEPBIND", 0)
+    try:
+        spec = importlib.util.find_spec("numba.np.ufunc.omppool")
+    except ImportError:
+        spec = None
+    if not deepbind or spec is None or not spec.origin:
         return False
-    return any(name in text for name in ("libgomp", "libiomp", "libomp"))
+    before = openmp_runtimes()
+    try:
+        ctypes.CDLL(spec.origin, mode=os.RTLD_NOW | deepbind)
+    except OSError:
+        return False  # no libgomp to link: Numba falls back to another layer by itself
+    return bool(openmp_runtimes() - before)
 
 
 _start_threads()
 
-# On Numba's "workqueue" layer (taken above when PyTorch was imported first) a parallel region
+# On Numba's "workqueue" layer (taken above when Numba's libgomp was already loaded) a region
 # costs ~0.1 ms to start on 2 cores, against ~2 µs back to back (~45 µs from sleep) on OpenMP:
 # kernels then go parallel only from 1M elements.
 if numba.threading_layer() == "workqueue" and "NNKERN_PARALLEL_MIN_WORK" not in os.environ:

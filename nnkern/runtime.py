@@ -20,8 +20,8 @@ at a time). :func:`set_num_threads` sets all of them together::
   more, or to cap every pool from the start.
 * Numba keeps its count per Python thread (a thread started later uses all
   ``NUMBA_NUM_THREADS``); the BLAS counts are process-wide.
-* Work below ``nnkern._jit.PARALLEL_MIN_WORK`` elements (32768; 1M when PyTorch's OpenMP was
-  loaded first and Numba runs on its slower-starting workqueue layer) runs serially whatever
+* Work below ``nnkern._jit.PARALLEL_MIN_WORK`` elements (32768; 1M when Numba runs on its
+  slower-starting workqueue layer: see nnkern/_jit.py) runs serially whatever
   the count, and GEMMs of at most :data:`BLAS_SERIAL_MAX_WORK` multiply-adds run on this thread (see
   :func:`matmul`): small pieces of work lose more to waking and waiting for a second thread
   than they gain, and lose milliseconds when another process holds the other core. Dense

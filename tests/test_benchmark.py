@@ -83,7 +83,7 @@ def test_timed_and_interleave():
     assert ta.first_call == 0.002 and ta.number == 5
     assert tb.number == 3
     clock.log.clear()
-    stats.interleave([ta, tb, None], 4)
+    stats.interleave([ta, tb, None], 4, settle=0)
     order = [fn for fn, _ in clock.log]
     assert order == [fa, fb, fb, fa, fa, fb, fb, fa]  # alternating order each round
     result = ta.result()

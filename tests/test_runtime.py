@@ -1,6 +1,7 @@
 """nnkern.runtime: thread controls, one-thread small GEMMs, warmup (behaviour, no timings)."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -167,8 +168,8 @@ def test_warmup_restores_the_parallel_threshold_and_rejects_bad_arguments():
 @pytest.mark.parametrize("openmp_first", [False, True])
 def test_numba_threads_start_with_brief_openmp_spinning_that_does_not_leak(openmp_first):
     # nnkern sets GOMP_SPINCOUNT only while Numba loads libgomp: PyTorch's own libgomp, loaded
-    # later, must not see it. If an OpenMP runtime is loaded already (PyTorch imported first;
-    # here libgomp itself), Numba would bind to it with its default spinning: workqueue then.
+    # later, must not see it. If the very libgomp Numba links is loaded already (here through
+    # ctypes), Numba would share that runtime and its default spinning: workqueue then.
     # Also when set_num_threads (which starts Numba's threads) comes first. Fresh processes,
     # since this one's threads are already started.
     code = ("import os, numba, nnkern; nnkern.set_num_threads(1); "
@@ -189,3 +190,30 @@ def test_numba_threads_start_with_brief_openmp_spinning_that_does_not_leak(openm
         assert layer == ("workqueue" if openmp_first else "omp")
         # workqueue starts a parallel region in ~0.1 ms: only large kernels go parallel
         assert int(min_work) == (1 << 20 if openmp_first else 32768)
+
+
+@pytest.mark.skipif(not hasattr(os, "RTLD_DEEPBIND"), reason="needs dlopen's RTLD_DEEPBIND")
+def test_numba_gets_an_openmp_runtime_of_its_own_beside_pytorchs_bundled_one(tmp_path):
+    # PyTorch imported first puts its own copy of libgomp in the global scope; Numba's OpenMP
+    # layer, loaded with RTLD_DEEPBIND, binds to the libgomp it was linked against instead (a
+    # runtime that reads nnkern's GOMP_SPINCOUNT) and stays on OpenMP. A copy of the system
+    # libgomp under another path stands in for torch's.
+    from nnkern import _jit
+    nnkern.functional.relu_forward(np.ones(1 << 20, np.float32))  # Numba's threads started
+    system = [p for p in _jit.openmp_runtimes() if "libgomp" in os.path.basename(p)]
+    if numba.threading_layer() != "omp" or len(system) != 1:
+        pytest.skip("Numba is not on the system's libgomp here")
+    foreign = tmp_path / "libgomp.so.1"
+    shutil.copy(system[0], foreign)
+    code = (f"import ctypes; ctypes.CDLL({str(foreign)!r}, mode=ctypes.RTLD_GLOBAL); "
+            "import numba, numpy as np, nnkern; from nnkern import _jit; "
+            "y = nnkern.functional.relu_forward(np.arange(-5, 1 << 20, dtype=np.float32)); "
+            "assert y[:6].tolist() == [0] * 6 and y[-1] == (1 << 20) - 1; "
+            "print(numba.threading_layer(), _jit.PARALLEL_MIN_WORK, "
+            "len(_jit.openmp_runtimes()))")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_THREADING_LAYER", "GOMP_SPINCOUNT", "NNKERN_PARALLEL_MIN_WORK")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300, cwd=os.path.dirname(os.path.dirname(nnkern.__file__)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["omp", "32768", "2"]

@@ -132,6 +132,7 @@ def environment(threads, device, torch_info, command):
         except (ImportError, AttributeError):
             versions[name] = None
     import nnkern
+    from nnkern import _jit
     versions["nnkern"] = nnkern.__version__
     versions["torch"] = torch_info.get("version")
     return {
@@ -148,6 +149,7 @@ def environment(threads, device, torch_info, command):
         "numba_num_threads": numba.get_num_threads(),
         "numba_max_threads": max_threads(),
         "numba_threading_layer": threading_layer(),
+        "openmp_runtimes": sorted(_jit.openmp_runtimes()),  # two: torch's and Numba's own
         "blas_pools": blas_pools(),
         "torch_threads": torch_info.get("threads"),
         "versions": versions,

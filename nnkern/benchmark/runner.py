@@ -127,11 +127,14 @@ def run_benchmark(opts, log=print):
     load_before = env.loadavg()
     started = datetime.datetime.now().astimezone()
     import nnkern  # noqa: F401  (sets the thread-spinning defaults before NumPy's BLAS loads)
+    # PyTorch loads before nnkern starts Numba's threads: each then runs on an OpenMP runtime
+    # of its own with its own settings. Loaded after, torch would bind to the libgomp nnkern
+    # loaded and run with its short spin-wait (nnkern/_jit.py): its MLP steps ~10-15 % slower.
+    torch, torch_info = load_torch(opts.torch, opts.device)
     try:
         threads = env.ThreadSettings(opts.threads or env.max_threads())
     except ValueError as e:
         raise BenchmarkRefused(str(e)) from None
-    torch, torch_info = load_torch(opts.torch, opts.device)
     if torch is not None:
         threads.apply_torch(torch)
         torch_info["threads"] = torch.get_num_threads()

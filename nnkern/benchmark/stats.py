@@ -148,10 +148,20 @@ class Timed:
         return out
 
 
-def interleave(timers, repeat):
+#: Idle seconds before each interleaved sample. PyTorch's OpenMP threads keep spinning for
+#: tens of milliseconds after its last parallel region (libgomp's default wait), holding a core:
+#: an nnkern MLP + BN step sampled right after torch's took 0.40 ms instead of 0.36 (30 ms
+#: idle was not enough, 0.1 s was). Each sample starts with every contender's threads asleep.
+SETTLE_S = 0.1
+
+
+def interleave(timers, repeat, settle=SETTLE_S):
     """Take ``repeat`` samples of each timer, alternating between them (and alternating the
-    order at each round) so that slow drifts of the machine's load hit every contender alike."""
+    order at each round) so that slow drifts of the machine's load hit every contender alike;
+    ``settle`` seconds idle before each sample when there are several contenders."""
     timers = [t for t in timers if t is not None]
     for r in range(repeat):
         for t in (timers if r % 2 == 0 else timers[::-1]):
+            if len(timers) > 1 and settle:
+                time.sleep(settle)
             t.take()
