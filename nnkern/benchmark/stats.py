@@ -148,20 +148,19 @@ class Timed:
         return out
 
 
-#: Idle seconds before each interleaved sample. PyTorch's OpenMP threads keep spinning for
-#: tens of milliseconds after its last parallel region (libgomp's default wait), holding a core:
-#: an nnkern MLP + BN step sampled right after torch's took 0.40 ms instead of 0.36 (30 ms
-#: idle was not enough, 0.1 s was). Each sample starts with every contender's threads asleep.
-SETTLE_S = 0.1
-
-
-def interleave(timers, repeat, settle=SETTLE_S):
+def interleave(timers, repeat):
     """Take ``repeat`` samples of each timer, alternating between them (and alternating the
-    order at each round) so that slow drifts of the machine's load hit every contender alike;
-    ``settle`` seconds idle before each sample when there are several contenders."""
+    order at each round) so that slow drifts of the machine's load hit every contender alike.
+
+    With several contenders, each sample follows one untimed call of its own function, so that
+    it starts from that contender's steady state whatever ran just before: PyTorch's OpenMP
+    threads spin for ~5 ms after its last op, holding a core, and nnkern's threads and caches
+    are cold after torch's turn (measured, torch imported first: an nnkern MLP + BN step
+    sampled right after torch's took 0.40 ms instead of 0.36; the small CNN's, after 0.1 s
+    idle, 20 ms instead of 15)."""
     timers = [t for t in timers if t is not None]
     for r in range(repeat):
         for t in (timers if r % 2 == 0 else timers[::-1]):
-            if len(timers) > 1 and settle:
-                time.sleep(settle)
+            if len(timers) > 1:
+                t.clock.sample(t.fn, 1)
             t.take()
