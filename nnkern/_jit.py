@@ -53,14 +53,15 @@ _set_cache_dir()  # before any kernel is decorated: the cache locator is chosen 
 def _start_threads():
     """Start Numba's thread pool now, with OpenMP's waiting set for nnkern.
 
-    OpenMP threads busy-wait after each parallel region (libgomp: ~300,000 spins, about a
-    millisecond). nnkern alternates Numba regions with OpenBLAS calls and the conv's worker
-    threads, which the spinning threads starve: on 2 cores a VGG-10 + BN step takes 326 ms
-    instead of 277, the small CNN's 19.4 instead of 16.3 (2-3x before the convolutions'
-    rework). GOMP_SPINCOUNT=10000 (measured: a region
-    still starts in ~2 µs 0.1 ms after the last one, then the threads sleep and one costs
-    ~45 µs after 0.3 ms idle) cures it. libgomp reads it once, when it is
-    loaded, so it is set only while Numba loads its OpenMP layer and then removed again:
+    OpenMP threads busy-wait after each parallel region (libgomp's default: 300,000 spins,
+    ~5 ms of a core here, measured as the CPU time PyTorch's threads take after its last op).
+    nnkern alternates Numba regions with OpenBLAS calls and the conv's worker threads, which
+    the spinning threads starve: on 2 cores a VGG-10 + BN step takes 326 ms instead of 277, the
+    small CNN's 19.4 instead of 16.3 (2-3x before the convolutions' rework).
+    GOMP_SPINCOUNT=10000 (measured: a region still starts in ~2 µs 0.1 ms after the last one,
+    then the threads sleep and one costs ~45 µs after 0.3 ms idle) cures it. libgomp reads it
+    once, when it is loaded, so it is set only while Numba loads its OpenMP layer and then
+    removed again:
     PyTorch's bundled libgomp, if it loads later, reads its own default (with 10000 in its
     environment, torch's small ops ran 5x slower). But PyTorch imported after nnkern has
     started its threads does not load its copy: it binds to the libgomp already loaded (same
