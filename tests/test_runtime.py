@@ -201,19 +201,25 @@ def test_numba_gets_an_openmp_runtime_of_its_own_beside_pytorchs_bundled_one(tmp
     from nnkern import _jit
     nnkern.functional.relu_forward(np.ones(1 << 20, np.float32))  # Numba's threads started
     system = [p for p in _jit.openmp_runtimes() if "libgomp" in os.path.basename(p)]
-    if numba.threading_layer() != "omp" or len(system) != 1:
+    if numba.threading_layer() != "omp" or len(system) != 1 or numba.get_num_threads() < 2:
         pytest.skip("Numba is not on the system's libgomp here")
     foreign = tmp_path / "libgomp.so.1"
     shutil.copy(system[0], foreign)
-    code = (f"import ctypes; ctypes.CDLL({str(foreign)!r}, mode=ctypes.RTLD_GLOBAL); "
+    # Separate runtimes, each with its own thread team: after Numba's 2-thread region, a
+    # parallel region of the foreign runtime starts a worker of its own (one shared runtime
+    # would reuse Numba's: 0 new threads, as with NUMBA_THREADING_LAYER=omp set by the user).
+    code = (f"import ctypes, os; gomp = ctypes.CDLL({str(foreign)!r}, mode=ctypes.RTLD_GLOBAL); "
             "import numba, numpy as np, nnkern; from nnkern import _jit; "
             "y = nnkern.functional.relu_forward(np.arange(-5, 1 << 20, dtype=np.float32)); "
             "assert y[:6].tolist() == [0] * 6 and y[-1] == (1 << 20) - 1; "
+            "before = len(os.listdir('/proc/self/task')); "
+            "region = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda data: None); "
+            "gomp.GOMP_parallel(region, None, ctypes.c_uint(2), ctypes.c_uint(0)); "
             "print(numba.threading_layer(), _jit.PARALLEL_MIN_WORK, "
-            "len(_jit.openmp_runtimes()))")
+            "len(_jit.openmp_runtimes()), len(os.listdir('/proc/self/task')) - before)")
     env = {k: v for k, v in os.environ.items()
            if k not in ("NUMBA_THREADING_LAYER", "GOMP_SPINCOUNT", "NNKERN_PARALLEL_MIN_WORK")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=300, cwd=os.path.dirname(os.path.dirname(nnkern.__file__)))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["omp", "32768", "2"]
+    assert out.stdout.split() == ["omp", "32768", "2", "1"]
