@@ -119,7 +119,9 @@ def get_num_threads():
 def thread_info():
     """Every pool and its size: ``{"numba": {"threads", "max_threads", "threading_layer"},
     "blas": [{"library", "internal_api", "threading_layer", "threads"}, ...],
-    "parallel_min_work": ..., "blas_serial_max_work": ...}``."""
+    "openmp_runtimes": [...], "parallel_min_work": ..., "blas_serial_max_work": ...}``.
+    ``openmp_runtimes``: the OpenMP libraries loaded (Linux), two when PyTorch's bundled
+    libgomp and Numba's run separately (see nnkern/_jit.py)."""
     import numba
 
     from nnkern import _jit
@@ -133,6 +135,7 @@ def thread_info():
         "blas": [{"library": lc.filepath, "internal_api": lc.internal_api,
                   "threading_layer": getattr(lc, "threading_layer", None),
                   "threads": lc.num_threads} for lc in _blas_controllers()],
+        "openmp_runtimes": sorted(_jit.openmp_runtimes()),
         "parallel_min_work": _jit.PARALLEL_MIN_WORK,
         "blas_serial_max_work": BLAS_SERIAL_MAX_WORK,
     }

@@ -45,6 +45,8 @@ def test_set_num_threads_sets_numba_and_every_blas_pool(restore_threads):
     assert info["numba"]["threads"] == top and info["numba"]["max_threads"] == top
     assert all(pool["threads"] == top for pool in info["blas"])
     assert info["parallel_min_work"] > 0 and info["blas_serial_max_work"] >= 0
+    if sys.platform.startswith("linux") and info["numba"]["threading_layer"] == "omp":
+        assert any("libgomp" in path for path in info["openmp_runtimes"])
 
 
 def test_set_num_threads_rejects_bad_values(restore_threads):
