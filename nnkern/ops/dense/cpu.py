@@ -41,7 +41,7 @@ from numba import prange
 
 from nnkern import _jit
 from nnkern._jit import cpu_inline, cpu_kernel
-from nnkern.ops import _blas
+from nnkern.ops import _blas, _simd
 from nnkern.ops._reduce import ROW_CHUNKS, column_sums
 from nnkern.runtime import matmul
 
@@ -87,7 +87,7 @@ def _forward_kernel(x, w, b, y, relu, scratch, parts):
     for p in prange(parts):
         o0, o1 = _edge(p, parts, o_), _edge(p + 1, parts, o_)
         out = y if parts == 1 else scratch[n_ * o0:n_ * o1].reshape((n_, o1 - o0))
-        _blas.gemm(x, False, w[o0:o1], True, out, 0.0)
+        _simd.gemm_nt(x, w[o0:o1], out)  # float32: register-blocked (ops/_simd.py)
         if parts > 1 or has_bias or relu:
             for n in range(n_):
                 y_run, out_run = y[n], out[n]

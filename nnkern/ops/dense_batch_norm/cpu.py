@@ -33,7 +33,7 @@ import numpy as np
 from numba import prange
 
 from nnkern._jit import cpu_kernel
-from nnkern.ops import _blas
+from nnkern.ops import _blas, _simd
 from nnkern.ops._reduce import ROW_CHUNKS
 from nnkern.ops.batch_norm.cpu import _bn_backward_finish, _bn_eval_finish, _bn_train_finish
 from nnkern.ops.dense.cpu import _edge, _no_bias, _variant, gemm_parts
@@ -60,7 +60,7 @@ def _forward_kernel(x, w, b, gamma, beta, running_mean, running_var, training, u
         o0, o1 = _edge(p, parts, o_), _edge(p + 1, parts, o_)
         width = o1 - o0
         block = zb[n_ * o0:n_ * o1].reshape((n_, width))
-        _blas.gemm(x, False, w[o0:o1], True, block, 0.0)
+        _simd.gemm_nt(x, w[o0:o1], block)  # float32: register-blocked (ops/_simd.py)
         if has_bias:  # the dense forward's float32 sum
             b_block = b[o0:o1]
             for n in range(n_):
