@@ -20,7 +20,9 @@ order inside its own kernels differs: results agree to float32 rounding, not bit
 Generated LLVM vectors of 16 float32 are AVX-512 registers here; on a machine without AVX-512
 LLVM splits each into two AVX2 ones (the same values, slower).
 
-float64 keeps BLAS (``gemm_nt`` picks by dtype at compile time).
+float64 keeps BLAS (``gemm_nt`` picks by dtype at compile time), and so do weight blocks of
+more than ``MAX_WT`` elements once transposed and padded. x is taken in panels of 64 rows, so
+that a large batch does not stream x from memory once per column chunk.
 """
 
 import numpy as np
@@ -37,6 +39,10 @@ _ROWS = 8     # rows of x per tile: each loaded wt vector serves 8 rows (wt stre
               # with 4 rows the 64x784 -> 48 product was bound by L2 bandwidth, 29 µs)
 _VECS = 3     # vectors of 16 columns per tile: 8 x 3 accumulators + 3 loads + 1 broadcast
               # fit AVX-512's 32 registers
+_PANEL = 64   # rows of x per panel: the panel (64 x K) and a wt chunk (K x 48) stay in L2
+#: Larger weight blocks go to BLAS, which blocks over K and packs: with wt beyond ~1 MiB (of
+#: L2's 2) every panel streams it from memory again (256x1024 @ 1024x512: 2.9 ms vs 1.5 ms).
+MAX_WT = 1 << 18  # elements of wt (K x Wp)
 
 
 def _array_parts(context, builder, aty, value):
@@ -48,27 +54,27 @@ def _array_parts(context, builder, aty, value):
 
 def _make_tile(rows, vecs):
     @intrinsic
-    def tile(typingctx, x, wt, out, r0, c0):
-        # out[r0:r0+rows, c0:c0+16 vecs] = x[r0:r0+rows, :] @ wt[:, c0:c0+16 vecs]; float32
-        # arrays with contiguous rows, K = x.shape[1] = wt.shape[0]
-        if not all(isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == 2
-                   for a in (x, wt, out)):
+    def tile(typingctx, a, b, out, r0, c0, k_len, a_rs, a_ks):
+        # out[r0:r0+rows, c0:c0+16 vecs] = sum over k < k_len of a(r, k) * b[k, c0:c0+16 vecs],
+        # a(r, k) the float32 at byte offset r * a_rs + k * a_ks of a's data (x[r, k] for
+        # x @ w.T, a[k, r] for a.T @ b); float32 arrays, b and out with contiguous rows
+        if not all(isinstance(t, types.Array) and t.dtype == types.float32 and t.ndim == 2
+                   for t in (a, b, out)):
             return None
-        sig = types.void(x, wt, out, types.intp, types.intp)
+        sig = types.void(a, b, out, *(types.intp,) * 5)
 
         def codegen(context, builder, signature, args):
-            x_ty, wt_ty, out_ty = signature.args[:3]
-            xv, wtv, outv, r0v, c0v = args
+            a_ty, b_ty, out_ty = signature.args[:3]
+            av, bv, outv, r0v, c0v, k_len, a_rs, a_ks = args
             f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
             vec = ir.VectorType(f32, _LANES)
             vptr = vec.as_pointer()
-            k_len = builder.extract_value(context.make_array(x_ty)(context, builder, xv).shape, 1)
-            xd, xs = _array_parts(context, builder, x_ty, xv)
-            wd, ws = _array_parts(context, builder, wt_ty, wtv)
+            ad, _ = _array_parts(context, builder, a_ty, av)
+            bd, bs = _array_parts(context, builder, b_ty, bv)
             od, os_ = _array_parts(context, builder, out_ty, outv)
-            four = ir.Constant(i64, 4)
-            col = builder.mul(c0v, four)
-            x_rows = [builder.mul(builder.add(r0v, ir.Constant(i64, r)), xs) for r in range(rows)]
+            col = builder.mul(c0v, ir.Constant(i64, 4))
+            a_rows = [builder.mul(builder.add(r0v, ir.Constant(i64, r)), a_rs)
+                      for r in range(rows)]
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vec, [vec, vec, vec]), "llvm.fma.v16f32")
             zero = ir.Constant(vec, [0.0] * _LANES)
@@ -79,19 +85,19 @@ def _make_tile(rows, vecs):
                    for _ in range(rows)]
             with cgutils.for_range(builder, k_len) as loop:
                 k = loop.index
-                w_row = builder.add(builder.mul(k, ws), col)
-                b = [builder.load(builder.bitcast(
-                    builder.gep(wd, [builder.add(w_row, ir.Constant(i64, 4 * _LANES * v))]),
+                b_row = builder.add(builder.mul(k, bs), col)
+                bk = [builder.load(builder.bitcast(
+                    builder.gep(bd, [builder.add(b_row, ir.Constant(i64, 4 * _LANES * v))]),
                     vptr), align=4) for v in range(vecs)]
-                k_off = builder.mul(k, four)
+                k_off = builder.mul(k, a_ks)
                 for r in range(rows):
-                    a = builder.load(builder.bitcast(
-                        builder.gep(xd, [builder.add(x_rows[r], k_off)]), f32.as_pointer()),
+                    x = builder.load(builder.bitcast(
+                        builder.gep(ad, [builder.add(a_rows[r], k_off)]), f32.as_pointer()),
                         align=4)
-                    a = builder.insert_element(undef, a, ir.Constant(i32, 0))
-                    a = builder.shuffle_vector(a, undef, splat)  # broadcast
+                    x = builder.insert_element(undef, x, ir.Constant(i32, 0))
+                    x = builder.shuffle_vector(x, undef, splat)  # broadcast
                     for v in range(vecs):
-                        builder.store(builder.call(fma, [a, b[v], builder.load(acc[r][v])]),
+                        builder.store(builder.call(fma, [x, bk[v], builder.load(acc[r][v])]),
                                       acc[r][v])
             for r in range(rows):
                 o_row = builder.add(builder.mul(builder.add(r0v, ir.Constant(i64, r)), os_), col)
@@ -109,24 +115,24 @@ _t11, _t12, _t13 = _T[1, 1], _T[1, 2], _T[1, 3]
 
 
 @cpu_inline
-def _tiles(x, wt, out, r0, r1, c0, vecs):
+def _tiles(a, b, out, r0, r1, c0, vecs, k_len, a_rs, a_ks):
     # rows r0:r1 of the column chunk at c0 (vecs vectors): tiles of _ROWS rows, then single rows
     r = r0
     while r + _ROWS <= r1:
         if vecs == 3:
-            _t83(x, wt, out, r, c0)
+            _t83(a, b, out, r, c0, k_len, a_rs, a_ks)
         elif vecs == 2:
-            _t82(x, wt, out, r, c0)
+            _t82(a, b, out, r, c0, k_len, a_rs, a_ks)
         else:
-            _t81(x, wt, out, r, c0)
+            _t81(a, b, out, r, c0, k_len, a_rs, a_ks)
         r += _ROWS
     while r < r1:
         if vecs == 3:
-            _t13(x, wt, out, r, c0)
+            _t13(a, b, out, r, c0, k_len, a_rs, a_ks)
         elif vecs == 2:
-            _t12(x, wt, out, r, c0)
+            _t12(a, b, out, r, c0, k_len, a_rs, a_ks)
         else:
-            _t11(x, wt, out, r, c0)
+            _t11(a, b, out, r, c0, k_len, a_rs, a_ks)
         r += 1
 
 
@@ -207,6 +213,9 @@ def _gemm_nt(x, w, out):
         if n == 0 or width == 0:
             return
         padded = (width + _LANES - 1) // _LANES * _LANES
+        if k * padded > MAX_WT:
+            _blas.gemm(x, False, w, True, out, 0.0)
+            return
         wt = np.empty((k, padded), np.float32)
         transpose_f32(w, wt[:, :width])
         for i in range(k):
@@ -214,9 +223,43 @@ def _gemm_nt(x, w, out):
                 wt[i, j] = 0.0
         acc = np.empty((n, padded), np.float32)
         vecs = padded // _LANES
-        for v0 in range(0, vecs, _VECS):  # column chunks: each wt chunk serves every row
-            _tiles(x, wt, acc, 0, n, v0 * _LANES, min(_VECS, vecs - v0))
+        for r0 in range(0, n, _PANEL):  # row panels of x, each kept in cache for all chunks
+            r1 = min(n, r0 + _PANEL)
+            for v0 in range(0, vecs, _VECS):  # column chunks of wt, each serving the panel
+                _tiles(x, wt, acc, r0, r1, v0 * _LANES, min(_VECS, vecs - v0), k,
+                       x.strides[0], 4)
         for i in range(n):
             for j in range(width):
                 out[i, j] = acc[i, j]
+    return simd
+
+
+def gemm_tn(a, b, out):
+    """out (W, I) = a (N, W).T @ b (N, I) (a weight gradient: dz.T @ x); arrays with contiguous
+    rows, out not overlapping a or b. float32 with I a multiple of 16: the register-blocked
+    kernel, broadcasting a's entries against b's rows as they are (no transpose, no scratch);
+    otherwise BLAS. Call from jitted code."""
+    raise NotImplementedError("gemm_tn is called from Numba kernels")
+
+
+@overload(gemm_tn)
+def _gemm_tn(a, b, out):
+    if a.dtype != types.float32:
+        def blas(a, b, out):
+            _blas.gemm(a, True, b, False, out, 0.0)
+        return blas
+
+    def simd(a, b, out):
+        n, width = a.shape
+        i_len = b.shape[1]
+        if width == 0 or i_len == 0:
+            return
+        if i_len % _LANES != 0 or n * i_len > MAX_WT:
+            # rows of b in whole vectors only (padded copies cost more than they save at
+            # 64x48 -> 100: 6-7 µs vs BLAS's 4 µs)
+            _blas.gemm(a, True, b, False, out, 0.0)
+            return
+        for v0 in range(0, i_len // _LANES, _VECS):  # chunks of b (n x 48), serving every row
+            _tiles(a, b, out, 0, width, v0 * _LANES, min(_VECS, i_len // _LANES - v0), n, 4,
+                   a.strides[0])
     return simd

@@ -14,12 +14,17 @@ def _gemm_nt(x, w, out):
 
 
 @numba.njit
+def _gemm_tn(a, b, out):
+    _simd.gemm_tn(a, b, out)
+
+
+@numba.njit
 def _transpose(a, b):
     _simd.transpose_f32(a, b)
 
 
 SHAPES = [(64, 784, 48), (64, 784, 52), (64, 100, 100), (8, 16, 16), (9, 7, 33), (17, 9, 49),
-          (1, 1, 1), (3, 0, 5), (5, 3, 7), (23, 40, 10)]
+          (1, 1, 1), (3, 0, 5), (5, 3, 7), (23, 40, 10), (64, 52, 784), (9, 13, 32)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -36,6 +41,22 @@ def test_gemm_nt_matches_numpy_and_writes_only_its_output(n, k, width, dtype):
     np.testing.assert_allclose(out, want, rtol=tol, atol=tol * max(1.0, np.sqrt(k)))
     frame[1:n + 1, 2:width + 2] = 7.0
     assert np.all(frame == 7.0)          # nothing written outside out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,width,i_len", SHAPES)
+def test_gemm_tn_matches_numpy_and_writes_only_its_output(n, width, i_len, dtype):
+    rng = np.random.default_rng(n * 1000 + width * 10 + i_len)
+    a = rng.standard_normal((n, width + 3)).astype(dtype)[:, 1:width + 1]  # strided rows
+    b = rng.standard_normal((n, i_len)).astype(dtype)
+    frame = np.full((width + 2, i_len + 6), 7.0, dtype)
+    out = frame[1:width + 1, 2:i_len + 2]
+    _gemm_tn(a, b, out)
+    want = a.T.astype(np.float64) @ b.astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol * max(1.0, np.sqrt(n)))
+    frame[1:width + 1, 2:i_len + 2] = 7.0
+    assert np.all(frame == 7.0)
 
 
 def test_gemm_nt_float32_sums_each_element_over_k_in_order():

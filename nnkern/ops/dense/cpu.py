@@ -131,7 +131,7 @@ def _backward_kernel(dy, x, w, relu_y, relu, g, sums, has_bias, db, need_dx, dx,
             db[o] = s
     for p in prange(dw_parts):
         o0, o1 = _edge(p, dw_parts, o_), _edge(p + 1, dw_parts, o_)
-        _blas.gemm(g[:, o0:o1], True, x, False, dw[o0:o1], 0.0)
+        _simd.gemm_tn(g[:, o0:o1], x, dw[o0:o1])  # float32: register-blocked (ops/_simd.py)
     if need_dx:
         for p in prange(dx_parts):
             o0, o1 = _edge(p, dx_parts, o_), _edge(p + 1, dx_parts, o_)

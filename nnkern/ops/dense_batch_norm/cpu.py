@@ -175,7 +175,7 @@ def _backward_kernel(dy, x, w, zb, gamma, mean, inv_std, zcoef, training, relu, 
             db_block = db[o0:o1]
             for j in range(width):
                 db_block[j] = total[j]
-        _blas.gemm(dz, True, x, False, dw[o0:o1], 0.0)
+        _simd.gemm_tn(dz, x, dw[o0:o1])  # float32: register-blocked (ops/_simd.py)
         if need_dx:
             _blas.gemm(dz, False, w[o0:o1], False, dx if p == 0 else partial[p - 1], 0.0)
     if need_dx and parts > 1:
