@@ -109,16 +109,22 @@ def _make_tile(rows, vecs):
     return tile
 
 
-_T = {(r, v): _make_tile(r, v) for r in (1, _ROWS) for v in range(1, _VECS + 1)}
-_t81, _t82, _t83 = _T[_ROWS, 1], _T[_ROWS, 2], _T[_ROWS, 3]
-_t11, _t12, _t13 = _T[1, 1], _T[1, 2], _T[1, 3]
+_T = {(r, v): _make_tile(r, v) for r, v in
+      [(_ROWS, 1), (_ROWS, 2), (_ROWS, 3), (6, 4), (1, 1), (1, 2), (1, 3), (1, 4)]}
+_t81, _t82, _t83, _t64 = _T[_ROWS, 1], _T[_ROWS, 2], _T[_ROWS, 3], _T[6, 4]
+_t11, _t12, _t13, _t14 = _T[1, 1], _T[1, 2], _T[1, 3], _T[1, 4]
 
 
 @cpu_inline
 def _tiles(a, b, out, r0, r1, c0, vecs, k_len, a_rs, a_ks):
-    # rows r0:r1 of the column chunk at c0 (vecs vectors): tiles of _ROWS rows, then single rows
+    # rows r0:r1 of the column chunk at c0 (vecs <= 4 vectors): tiles of 8 rows (6 rows for 4
+    # vectors: 24 accumulators either way), then single rows
     r = r0
-    while r + _ROWS <= r1:
+    if vecs == 4:
+        while r + 6 <= r1:
+            _t64(a, b, out, r, c0, k_len, a_rs, a_ks)
+            r += 6
+    while r + _ROWS <= r1 and vecs < 4:
         if vecs == 3:
             _t83(a, b, out, r, c0, k_len, a_rs, a_ks)
         elif vecs == 2:
@@ -127,7 +133,9 @@ def _tiles(a, b, out, r0, r1, c0, vecs, k_len, a_rs, a_ks):
             _t81(a, b, out, r, c0, k_len, a_rs, a_ks)
         r += _ROWS
     while r < r1:
-        if vecs == 3:
+        if vecs == 4:
+            _t14(a, b, out, r, c0, k_len, a_rs, a_ks)
+        elif vecs == 3:
             _t13(a, b, out, r, c0, k_len, a_rs, a_ks)
         elif vecs == 2:
             _t12(a, b, out, r, c0, k_len, a_rs, a_ks)
@@ -212,17 +220,32 @@ def _gemm_nt(x, w, out):
         width = w.shape[0]
         if n == 0 or width == 0:
             return
-        padded = (width + _LANES - 1) // _LANES * _LANES
-        if k * padded > MAX_WT:
+        w_pad = (width + _LANES - 1) // _LANES * _LANES
+        n_pad = (n + _LANES - 1) // _LANES * _LANES
+        if n_pad * width < w_pad * n and k * n_pad <= MAX_WT:
+            # fewer FMAs with the batch in the vectors: z.T = w @ x.T (64x784 -> 52: 52 x 4
+            # vectors a row of x.T instead of 4 x 64; 48 features cost the same either way)
+            xt = np.empty((k, n_pad), np.float32)
+            transpose_f32(x, xt[:, :n])
+            for i in range(k):
+                for j in range(n, n_pad):
+                    xt[i, j] = 0.0
+            zt = np.empty((width, n_pad), np.float32)
+            vecs = n_pad // _LANES
+            for v0 in range(0, vecs, 4):
+                _tiles(w, xt, zt, 0, width, v0 * _LANES, min(4, vecs - v0), k, w.strides[0], 4)
+            transpose_f32(zt[:, :n], out)
+            return
+        if k * w_pad > MAX_WT:
             _blas.gemm(x, False, w, True, out, 0.0)
             return
-        wt = np.empty((k, padded), np.float32)
+        wt = np.empty((k, w_pad), np.float32)
         transpose_f32(w, wt[:, :width])
         for i in range(k):
-            for j in range(width, padded):
+            for j in range(width, w_pad):
                 wt[i, j] = 0.0
-        acc = np.empty((n, padded), np.float32)
-        vecs = padded // _LANES
+        acc = np.empty((n, w_pad), np.float32)
+        vecs = w_pad // _LANES
         for r0 in range(0, n, _PANEL):  # row panels of x, each kept in cache for all chunks
             r1 = min(n, r0 + _PANEL)
             for v0 in range(0, vecs, _VECS):  # column chunks of wt, each serving the panel
