@@ -35,10 +35,8 @@ from nnkern._jit import cpu_inline
 from nnkern.ops import _blas
 
 _LANES = 16   # float32 lanes of one vector
-_ROWS = 8     # rows of x per tile: each loaded wt vector serves 8 rows (wt streams from L2:
-              # with 4 rows the 64x784 -> 48 product was bound by L2 bandwidth, 29 µs)
-_VECS = 3     # vectors of 16 columns per tile: 8 x 3 accumulators + 3 loads + 1 broadcast
-              # fit AVX-512's 32 registers
+_VECS = 3     # vectors of 16 columns per tile (tiles of 8 rows: 8 x 3 accumulators + 3 loads
+              # + 1 broadcast fit AVX-512's 32 registers; 4 vectors go with 6 rows)
 _PANEL = 64   # rows of x per panel: the panel (64 x K) and a wt chunk (K x 48) stay in L2
 #: Larger weight blocks go to BLAS, which blocks over K and packs: with wt beyond ~1 MiB (of
 #: L2's 2) every panel streams it from memory again (256x1024 @ 1024x512: 2.9 ms vs 1.5 ms).
@@ -110,28 +108,41 @@ def _make_tile(rows, vecs):
 
 
 _T = {(r, v): _make_tile(r, v) for r, v in
-      [(_ROWS, 1), (_ROWS, 2), (_ROWS, 3), (6, 4), (1, 1), (1, 2), (1, 3), (1, 4)]}
-_t81, _t82, _t83, _t64 = _T[_ROWS, 1], _T[_ROWS, 2], _T[_ROWS, 3], _T[6, 4]
+      [(8, 1), (8, 2), (8, 3), (6, 4), (4, 1), (4, 2), (4, 3), (4, 4),
+       (1, 1), (1, 2), (1, 3), (1, 4)]}
+_t81, _t82, _t83, _t64 = _T[8, 1], _T[8, 2], _T[8, 3], _T[6, 4]
+_t41, _t42, _t43, _t44 = _T[4, 1], _T[4, 2], _T[4, 3], _T[4, 4]
 _t11, _t12, _t13, _t14 = _T[1, 1], _T[1, 2], _T[1, 3], _T[1, 4]
 
 
 @cpu_inline
 def _tiles(a, b, out, r0, r1, c0, vecs, k_len, a_rs, a_ks):
     # rows r0:r1 of the column chunk at c0 (vecs <= 4 vectors): tiles of 8 rows (6 rows for 4
-    # vectors: 24 accumulators either way), then single rows
+    # vectors: 24 accumulators either way), then of 4 rows, then single rows
     r = r0
     if vecs == 4:
         while r + 6 <= r1:
             _t64(a, b, out, r, c0, k_len, a_rs, a_ks)
             r += 6
-    while r + _ROWS <= r1 and vecs < 4:
-        if vecs == 3:
-            _t83(a, b, out, r, c0, k_len, a_rs, a_ks)
+    else:
+        while r + 8 <= r1:
+            if vecs == 3:
+                _t83(a, b, out, r, c0, k_len, a_rs, a_ks)
+            elif vecs == 2:
+                _t82(a, b, out, r, c0, k_len, a_rs, a_ks)
+            else:
+                _t81(a, b, out, r, c0, k_len, a_rs, a_ks)
+            r += 8
+    while r + 4 <= r1:
+        if vecs == 4:
+            _t44(a, b, out, r, c0, k_len, a_rs, a_ks)
+        elif vecs == 3:
+            _t43(a, b, out, r, c0, k_len, a_rs, a_ks)
         elif vecs == 2:
-            _t82(a, b, out, r, c0, k_len, a_rs, a_ks)
+            _t42(a, b, out, r, c0, k_len, a_rs, a_ks)
         else:
-            _t81(a, b, out, r, c0, k_len, a_rs, a_ks)
-        r += _ROWS
+            _t41(a, b, out, r, c0, k_len, a_rs, a_ks)
+        r += 4
     while r < r1:
         if vecs == 4:
             _t14(a, b, out, r, c0, k_len, a_rs, a_ks)
