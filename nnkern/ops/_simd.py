@@ -31,7 +31,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from nnkern._jit import cpu_inline
+from nnkern._jit import cpu_inline, cpu_serial
 from nnkern.ops import _blas
 
 _LANES = 16   # float32 lanes of one vector
@@ -115,7 +115,7 @@ _t41, _t42, _t43, _t44 = _T[4, 1], _T[4, 2], _T[4, 3], _T[4, 4]
 _t11, _t12, _t13, _t14 = _T[1, 1], _T[1, 2], _T[1, 3], _T[1, 4]
 
 
-@cpu_inline
+@cpu_serial  # one compiled copy per argument types, called (not inlined: compile time)
 def _tiles(a, b, out, r0, r1, c0, vecs, k_len, a_rs, a_ks):
     # rows r0:r1 of the column chunk at c0 (vecs <= 4 vectors): tiles of 8 rows (6 rows for 4
     # vectors: 24 accumulators either way), then of 4 rows, then single rows
