@@ -25,7 +25,8 @@ at a time). :func:`set_num_threads` sets all of them together::
   the count, and GEMMs of at most :data:`BLAS_SERIAL_MAX_WORK` multiply-adds run on this thread (see
   :func:`matmul`): small pieces of work lose more to waking and waiting for a second thread
   than they gain, and lose milliseconds when another process holds the other core. Dense
-  layers call OpenBLAS from inside their kernels, single-threaded, and cut products of 2**18
+  layers run their GEMMs inside their kernels (float32 as vector code, ``ops/_simd.py``, else
+  OpenBLAS single-threaded), and cut products of 2**18
   multiply-adds and more over Numba's threads (``nnkern/ops/dense/cpu.py``); float32
   convolutions split larger GEMMs over the worker threads. Neither runs BLAS multi-threaded.
 

@@ -1,10 +1,12 @@
 """Numba CPU kernels for dense.
 
-The matrix products are BLAS GEMMs (a GEMM written in Numba reaches only ~30% of OpenBLAS on
-these machines, NUMBA_NOTES §1.1), called from inside the kernels (``ops/_blas.py``), so that
-one jitted call runs a layer's whole forward (GEMM, bias, ReLU) or backward (ReLU mask, bias
-gradient, both GEMMs), and a product can be cut into blocks over Numba's threads, which start
-a region in ~2 µs where a Python-level thread pool takes ~30 µs.
+The matrix products are called from inside the kernels, so that one jitted call runs a
+layer's whole forward (GEMM, bias, ReLU) or backward (ReLU mask, bias gradient, both GEMMs),
+and a product can be cut into blocks over Numba's threads, which start a region in ~2 µs where
+a Python-level thread pool takes ~30 µs. float32 x @ w.T and dz.T @ x blocks run as
+register-blocked LLVM vector code (``ops/_simd.py``: ~1.6x OpenBLAS on these skinny shapes;
+a plain Numba loop GEMM reaches only ~30% of OpenBLAS, NUMBA_NOTES §1.1); dx, float64 and the
+shapes _simd leaves out are BLAS GEMMs (``ops/_blas.py``).
 
 Products of SPLIT_WORK multiply-adds or more are cut in two (see ``gemm_parts``), every cut
 along the output features o, so that each thread works on the same rows of w, dw and the
