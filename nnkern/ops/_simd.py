@@ -1,28 +1,33 @@
-"""float32 x @ w.T for the dense kernels' blocks, as explicit LLVM vector code.
+"""float32 GEMMs for the dense kernels' blocks, as explicit LLVM vector code.
 
 Why: the dense layers' GEMM blocks are small and skinny (an MLP's first layer: 64x784 input,
-48 or 52 output features per thread), where OpenBLAS's sgemm runs at about half its large-matrix
-rate: x @ w.T for 64x784 -> 48 took 48 µs on one thread (NumPy's OpenBLAS 0.3.31, AVX-512),
-~90 GFLOP/s against ~166 for 2048^3. The register-blocked kernel below takes 26 µs for the
-product and ~4 µs to transpose the weight block first.
+48 or 52 output features per thread), where OpenBLAS's sgemm runs at about half its
+large-matrix rate: x @ w.T for 64x784 -> 48 took 44-49 µs on one thread (NumPy's OpenBLAS
+0.3.31, AVX-512), ~100 GFLOP/s against ~166 for 2048^3. The kernels below take 28-31 µs.
 
-How (``gemm_nt``): the weight block w (W, K) is transposed into a scratch wt (K, Wp), Wp = W
-rounded up to 16 with zero columns; then each tile of R = 8 rows of x (single rows at the end)
-and V <= 3 vectors of 16 columns keeps its R x V accumulators in registers through the whole K
-loop (``_tiles``):
+How: each tile of R rows and V vectors of 16 float32 columns keeps its R x V accumulators in
+registers through the whole K loop (``_make_tile``, ``_tiles``: R x V = 8 x 3 or 6 x 4 = 24
+accumulators, then 4-row tiles and single rows for the tails):
 
-    for k in range(K):  acc[r][v] += x[r0 + r, k] * wt[k, 16 v : 16 v + 16]   (fused multiply-add)
+    for k in range(K):  acc[r][v] += a(r, k) * b[k, 16 v : 16 v + 16]   (fused multiply-add)
 
-and stores them into a padded output scratch (N, Wp), copied into ``out`` at the end. Per k:
-V vector loads, R broadcasts and R x V FMAs, so the FMA units set the pace. Each output element
-is the sum over k in order, one FMA at a time, in float32, as a BLAS dot product is (BLAS's
-order inside its own kernels differs: results agree to float32 rounding, not bit for bit).
-Generated LLVM vectors of 16 float32 are AVX-512 registers here; on a machine without AVX-512
-LLVM splits each into two AVX2 ones (the same values, slower).
+Per k: V vector loads, R broadcasts and R x V FMAs, so the FMA units set the pace (~28 µs for
+the 150K vector FMAs of 64x784 -> 48 is about their peak here).
+- ``gemm_nt``: out = x @ w.T. Either the weight block is transposed into wt (K, Wp), Wp = W
+  rounded up to 16 with zero columns, a(r, k) = x[r, k], b = wt, into a padded scratch copied
+  into out; or, when it takes fewer FMAs, the batch goes in the vectors: z.T = w @ x.T with x
+  transposed (a 52-feature block then costs 52 x 4 vectors a row of x.T instead of 4 x 64),
+  then z.T transposed into out. Transposes are 8x8 blocks of shuffles (``_transpose8``).
+- ``gemm_tn``: out = a.T @ b (a weight gradient dz.T @ x): a(r, k) = a[k, r] broadcast against
+  b's rows as they are, straight into out, when b's rows are whole vectors.
+Each output element is the sum over k in order, one FMA at a time, in float32, as a BLAS dot
+product is (BLAS's order inside its kernels differs: results agree to float32 rounding, not
+bit for bit). LLVM vectors of 16 float32 are AVX-512 registers here; without AVX-512 LLVM
+splits each into two AVX2 ones (the same values, slower).
 
-float64 keeps BLAS (``gemm_nt`` picks by dtype at compile time), and so do weight blocks of
-more than ``MAX_WT`` elements once transposed and padded. x is taken in panels of 64 rows, so
-that a large batch does not stream x from memory once per column chunk.
+float64 keeps BLAS (chosen by dtype at compile time), and so do blocks whose transposed copy
+or b would exceed ``MAX_WT`` elements, and gemm_tn's rows not in whole vectors. x is taken in
+panels of 64 rows, so that a large batch does not stream x from memory once per column chunk.
 """
 
 import numpy as np
