@@ -12,7 +12,10 @@ accumulators, then 4-row tiles and single rows for the tails):
     for k in range(K):  acc[r][v] += a(r, k) * b[k, 16 v : 16 v + 16]   (fused multiply-add)
 
 Per k: V vector loads, R broadcasts and R x V FMAs, so the FMA units set the pace (~28 µs for
-the 150K vector FMAs of 64x784 -> 48 is about their peak here).
+the 150K vector FMAs of 64x784 -> 48 is about their peak here). K runs in blocks of 128 whose
+slice of b stays in L1 while every row tile passes over it (accumulators stored and reloaded
+between blocks): b then streams from L2 once instead of once per row tile (the first layer's
+forward in the MLP step 54-56 -> 50 µs).
 - ``gemm_nt``: out = x @ w.T. Either the weight block is transposed into wt (K, Wp), Wp = W
   rounded up to 16 with zero columns, a(r, k) = x[r, k], b = wt, into a padded scratch copied
   into out; or, when it takes fewer FMAs, the batch goes in the vectors: z.T = w @ x.T with x
@@ -42,6 +45,7 @@ from nnkern.ops import _blas
 _LANES = 16   # float32 lanes of one vector
 _VECS = 3     # vectors of 16 columns per tile (tiles of 8 rows: 8 x 3 accumulators + 3 loads
               # + 1 broadcast fit AVX-512's 32 registers; 4 vectors go with 6 rows)
+_KB = 128     # k per block: b's slice (128 x 3 or 4 vectors: 24-32 KiB) stays in L1 for all rows
 _PANEL = 64   # rows of x per panel: the panel (64 x K) and a wt chunk (K x 48) stay in L2
 #: Larger weight blocks go to BLAS, which blocks over K and packs: with wt beyond ~1 MiB (of
 #: L2's 2) every panel streams it from memory again (256x1024 @ 1024x512: 2.9 ms vs 1.5 ms).
@@ -57,18 +61,19 @@ def _array_parts(context, builder, aty, value):
 
 def _make_tile(rows, vecs):
     @intrinsic
-    def tile(typingctx, a, b, out, r0, c0, k_len, a_rs, a_ks):
-        # out[r0:r0+rows, c0:c0+16 vecs] = sum over k < k_len of a(r, k) * b[k, c0:c0+16 vecs],
-        # a(r, k) the float32 at byte offset r * a_rs + k * a_ks of a's data (x[r, k] for
-        # x @ w.T, a[k, r] for a.T @ b); float32 arrays, b and out with contiguous rows
+    def tile(typingctx, a, b, out, r0, c0, k0, k_len, a_rs, a_ks, add):
+        # out[r0:r0+rows, c0:c0+16 vecs] (+)= sum over k0 <= k < k0 + k_len of
+        # a(r, k) * b[k, c0:c0+16 vecs], a(r, k) the float32 at byte offset r * a_rs + k * a_ks
+        # of a's data (x[r, k] for x @ w.T, a[k, r] for a.T @ b); added to out's values when
+        # add != 0. float32 arrays, b and out with contiguous rows
         if not all(isinstance(t, types.Array) and t.dtype == types.float32 and t.ndim == 2
                    for t in (a, b, out)):
             return None
-        sig = types.void(a, b, out, *(types.intp,) * 5)
+        sig = types.void(a, b, out, *(types.intp,) * 8)
 
         def codegen(context, builder, signature, args):
             a_ty, b_ty, out_ty = signature.args[:3]
-            av, bv, outv, r0v, c0v, k_len, a_rs, a_ks = args
+            av, bv, outv, r0v, c0v, k0, k_len, a_rs, a_ks, add = args
             f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
             vec = ir.VectorType(f32, _LANES)
             vptr = vec.as_pointer()
@@ -76,19 +81,28 @@ def _make_tile(rows, vecs):
             bd, bs = _array_parts(context, builder, b_ty, bv)
             od, os_ = _array_parts(context, builder, out_ty, outv)
             col = builder.mul(c0v, ir.Constant(i64, 4))
-            a_rows = [builder.mul(builder.add(r0v, ir.Constant(i64, r)), a_rs)
+            a_start = builder.mul(k0, a_ks)
+            a_rows = [builder.add(builder.mul(builder.add(r0v, ir.Constant(i64, r)), a_rs), a_start)
                       for r in range(rows)]
+
+            def out_ptr(r, v):
+                row = builder.mul(builder.add(r0v, ir.Constant(i64, r)), os_)
+                off = builder.add(builder.add(row, col), ir.Constant(i64, 4 * _LANES * v))
+                return builder.bitcast(builder.gep(od, [off]), vptr)
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vec, [vec, vec, vec]), "llvm.fma.v16f32")
             zero = ir.Constant(vec, [0.0] * _LANES)
             undef = ir.Constant(vec, ir.Undefined)
             splat = ir.Constant(ir.VectorType(i32, _LANES), [0] * _LANES)
-            # accumulators as stack slots: LLVM's mem2reg keeps them in registers
-            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(vecs)]
-                   for _ in range(rows)]
+            adding = builder.icmp_signed("!=", add, ir.Constant(i64, 0))
+            # accumulators as stack slots (LLVM's mem2reg keeps them in registers), starting
+            # from out's values when adding (out is read either way: in bounds, then ignored)
+            acc = [[cgutils.alloca_once_value(
+                builder, builder.select(adding, builder.load(out_ptr(r, v), align=4), zero))
+                for v in range(vecs)] for r in range(rows)]
             with cgutils.for_range(builder, k_len) as loop:
                 k = loop.index
-                b_row = builder.add(builder.mul(k, bs), col)
+                b_row = builder.add(builder.mul(builder.add(k0, k), bs), col)
                 bk = [builder.load(builder.bitcast(
                     builder.gep(bd, [builder.add(b_row, ir.Constant(i64, 4 * _LANES * v))]),
                     vptr), align=4) for v in range(vecs)]
@@ -103,10 +117,8 @@ def _make_tile(rows, vecs):
                         builder.store(builder.call(fma, [x, bk[v], builder.load(acc[r][v])]),
                                       acc[r][v])
             for r in range(rows):
-                o_row = builder.add(builder.mul(builder.add(r0v, ir.Constant(i64, r)), os_), col)
                 for v in range(vecs):
-                    p = builder.gep(od, [builder.add(o_row, ir.Constant(i64, 4 * _LANES * v))])
-                    builder.store(builder.load(acc[r][v]), builder.bitcast(p, vptr), align=4)
+                    builder.store(builder.load(acc[r][v]), out_ptr(r, v), align=4)
             return context.get_dummy_value()
         return sig, codegen
     return tile
@@ -122,42 +134,46 @@ _t11, _t12, _t13, _t14 = _T[1, 1], _T[1, 2], _T[1, 3], _T[1, 4]
 
 @cpu_serial  # one compiled copy per argument types, called (not inlined: compile time)
 def _tiles(a, b, out, r0, r1, c0, vecs, k_len, a_rs, a_ks):
-    # rows r0:r1 of the column chunk at c0 (vecs <= 4 vectors): tiles of 8 rows (6 rows for 4
-    # vectors: 24 accumulators either way), then of 4 rows, then single rows
-    r = r0
-    if vecs == 4:
-        while r + 6 <= r1:
-            _t64(a, b, out, r, c0, k_len, a_rs, a_ks)
-            r += 6
-    else:
-        while r + 8 <= r1:
-            if vecs == 3:
-                _t83(a, b, out, r, c0, k_len, a_rs, a_ks)
+    # rows r0:r1 of the column chunk at c0 (vecs <= 4 vectors), over K in blocks of _KB whose
+    # slice of b (_KB x 16 vecs) stays in L1 while every row tile passes over it: tiles of 8
+    # rows (6 rows for 4 vectors: 24 accumulators either way), then 4 rows, then single rows
+    for k0 in range(0, max(k_len, 1), _KB):
+        kb = min(_KB, k_len - k0)
+        add = 1 if k0 > 0 else 0
+        r = r0
+        if vecs == 4:
+            while r + 6 <= r1:
+                _t64(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+                r += 6
+        else:
+            while r + 8 <= r1:
+                if vecs == 3:
+                    _t83(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+                elif vecs == 2:
+                    _t82(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+                else:
+                    _t81(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+                r += 8
+        while r + 4 <= r1:
+            if vecs == 4:
+                _t44(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+            elif vecs == 3:
+                _t43(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
             elif vecs == 2:
-                _t82(a, b, out, r, c0, k_len, a_rs, a_ks)
+                _t42(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
             else:
-                _t81(a, b, out, r, c0, k_len, a_rs, a_ks)
-            r += 8
-    while r + 4 <= r1:
-        if vecs == 4:
-            _t44(a, b, out, r, c0, k_len, a_rs, a_ks)
-        elif vecs == 3:
-            _t43(a, b, out, r, c0, k_len, a_rs, a_ks)
-        elif vecs == 2:
-            _t42(a, b, out, r, c0, k_len, a_rs, a_ks)
-        else:
-            _t41(a, b, out, r, c0, k_len, a_rs, a_ks)
-        r += 4
-    while r < r1:
-        if vecs == 4:
-            _t14(a, b, out, r, c0, k_len, a_rs, a_ks)
-        elif vecs == 3:
-            _t13(a, b, out, r, c0, k_len, a_rs, a_ks)
-        elif vecs == 2:
-            _t12(a, b, out, r, c0, k_len, a_rs, a_ks)
-        else:
-            _t11(a, b, out, r, c0, k_len, a_rs, a_ks)
-        r += 1
+                _t41(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+            r += 4
+        while r < r1:
+            if vecs == 4:
+                _t14(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+            elif vecs == 3:
+                _t13(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+            elif vecs == 2:
+                _t12(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+            else:
+                _t11(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+            r += 1
 
 
 @intrinsic
