@@ -132,48 +132,52 @@ _t41, _t42, _t43, _t44 = _T[4, 1], _T[4, 2], _T[4, 3], _T[4, 4]
 _t11, _t12, _t13, _t14 = _T[1, 1], _T[1, 2], _T[1, 3], _T[1, 4]
 
 
+@cpu_inline
+def _tile(a, b, out, r, c0, k0, kb, a_rs, a_ks, add, rows, vecs):
+    # the compiled tile for (rows, vecs) at row r
+    if rows == 8:
+        if vecs == 3:
+            _t83(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+        elif vecs == 2:
+            _t82(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+        else:
+            _t81(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+    elif rows == 6:
+        _t64(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+    elif rows == 4:
+        if vecs == 4:
+            _t44(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+        elif vecs == 3:
+            _t43(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+        elif vecs == 2:
+            _t42(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+        else:
+            _t41(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+    else:
+        if vecs == 4:
+            _t14(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+        elif vecs == 3:
+            _t13(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+        elif vecs == 2:
+            _t12(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+        else:
+            _t11(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
+
+
 @cpu_serial  # one compiled copy per argument types, called (not inlined: compile time)
 def _tiles(a, b, out, r0, r1, c0, vecs, k_len, a_rs, a_ks):
     # rows r0:r1 of the column chunk at c0 (vecs <= 4 vectors), over K in blocks of _KB whose
     # slice of b (_KB x 16 vecs) stays in L1 while every row tile passes over it: tiles of 8
     # rows (6 rows for 4 vectors: 24 accumulators either way), then 4 rows, then single rows
+    full = 6 if vecs == 4 else 8
     for k0 in range(0, max(k_len, 1), _KB):
         kb = min(_KB, k_len - k0)
         add = 1 if k0 > 0 else 0
         r = r0
-        if vecs == 4:
-            while r + 6 <= r1:
-                _t64(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
-                r += 6
-        else:
-            while r + 8 <= r1:
-                if vecs == 3:
-                    _t83(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
-                elif vecs == 2:
-                    _t82(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
-                else:
-                    _t81(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
-                r += 8
-        while r + 4 <= r1:
-            if vecs == 4:
-                _t44(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
-            elif vecs == 3:
-                _t43(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
-            elif vecs == 2:
-                _t42(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
-            else:
-                _t41(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
-            r += 4
         while r < r1:
-            if vecs == 4:
-                _t14(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
-            elif vecs == 3:
-                _t13(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
-            elif vecs == 2:
-                _t12(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
-            else:
-                _t11(a, b, out, r, c0, k0, kb, a_rs, a_ks, add)
-            r += 1
+            rows = full if r + full <= r1 else 4 if r + 4 <= r1 else 1
+            _tile(a, b, out, r, c0, k0, kb, a_rs, a_ks, add, rows, vecs)
+            r += rows
 
 
 @intrinsic
@@ -233,6 +237,18 @@ def transpose_f32(a, b):
             _transpose8(a, min(ib, r_ - 8), j, b)
 
 
+@cpu_inline
+def _padded_transpose(a, padded):
+    # a (R, C).T as a (C, padded) array, columns R:padded zero
+    r_, c_ = a.shape
+    t = np.empty((c_, padded), np.float32)
+    transpose_f32(a, t[:, :r_])
+    for i in range(c_):
+        for j in range(r_, padded):
+            t[i, j] = 0.0
+    return t
+
+
 def gemm_nt(x, w, out):
     """out (N, W) = x (N, K) @ w (W, K).T; arrays with contiguous rows, out not overlapping x
     or w. float32: the register-blocked kernel (see the module docstring); other dtypes: BLAS.
@@ -257,11 +273,7 @@ def _gemm_nt(x, w, out):
         if n_pad * width < w_pad * n and k * n_pad <= MAX_WT:
             # fewer FMAs with the batch in the vectors: z.T = w @ x.T (64x784 -> 52: 52 x 4
             # vectors a row of x.T instead of 4 x 64; 48 features cost the same either way)
-            xt = np.empty((k, n_pad), np.float32)
-            transpose_f32(x, xt[:, :n])
-            for i in range(k):
-                for j in range(n, n_pad):
-                    xt[i, j] = 0.0
+            xt = _padded_transpose(x, n_pad)
             zt = np.empty((width, n_pad), np.float32)
             vecs = n_pad // _LANES
             for v0 in range(0, vecs, 4):
@@ -271,11 +283,7 @@ def _gemm_nt(x, w, out):
         if k * w_pad > MAX_WT:
             _blas.gemm(x, False, w, True, out, 0.0)
             return
-        wt = np.empty((k, w_pad), np.float32)
-        transpose_f32(w, wt[:, :width])
-        for i in range(k):
-            for j in range(width, w_pad):
-                wt[i, j] = 0.0
+        wt = _padded_transpose(w, w_pad)
         acc = np.empty((n, w_pad), np.float32)
         vecs = w_pad // _LANES
         for r0 in range(0, n, _PANEL):  # row panels of x, each kept in cache for all chunks
