@@ -199,6 +199,12 @@ DIRECT_CONFIGS = [
     (4, 3, 32, 32, 8, 3, 3, 1, 1, 1, True, True),           # the first layer's shape, batch 4
     (2, 3, 3, 4, 5, 3, 3, 1, "same", 1, True, True),        # "same" = padding 1
     (2, 1, 1, 2, 2, 3, 3, 1, 2, 1, True, True),             # padding wider than the input
+] + [
+    # float32 vector tiles: 10x9 = 5 vectors of 16 outputs (a block of 4, a single one) and a
+    # scalar tail of 10; 7 filters (a group of 4 and 3 singles forward, 3 pairs and 1 single
+    # in dw); OW = 9 leaves the vector loads unaligned
+    (3, C, 10, 9, 7, 3, 3, 1, padding, 1, True, False)
+    for C, padding in [(1, 1), (2, 0), (3, 1), (3, 2)]
 ]
 
 

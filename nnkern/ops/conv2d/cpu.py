@@ -7,15 +7,14 @@ the first layer's thin convs. Four paths:
 * float32, 3x3, stride 1, dilation 1, padding <= 2, C and K >= 16 (every VGG layer but the
   first): Winograd F(4x4, 3x3) / F(2x2, 3x3), see winograd.py (4x / 2.25x fewer multiplies).
 * float32, 3x3, stride 1, dilation 1, padding <= 2 (equal on both sides), C <= 3 (the first
-  layer): a direct convolution in Numba, see direct.py. Forward and dw/db are long vectorised
-  loops over the output plane against shifted copies of the input; dx (a first layer never
-  needs it) is the correlation of dy with the flipped filters through the general path.
-  Measured (2 cores, N=64, 32x32, K=64, p1; medians, same process as torch 2.13):
-  C=1 forward 0.62 ms (torch 1.06, im2col+GEMM 1.54), backward without dx 0.65 (1.23, 2.02);
-  C=3 forward 1.55 (1.40, 2.69), backward 1.54 (1.69, 3.76). The threshold
-  (direct.MAX_CHANNELS = 3) covers the measured first layers; 4..15 channels were not measured
-  and stay on the GEMM path. At C=3 the direct forward is compute-bound in Numba's 256-bit
-  loops (~150 GFLOP/s) and 5-10% slower than torch's; everything else is faster.
+  layer): a direct convolution in Numba, see direct.py. Forward and dw/db are register-blocked
+  AVX-512 tiles over the output plane against shifted copies of the input; dx (a first layer
+  never needs it) is the correlation of dy with the flipped filters through the general path.
+  Measured (2 cores, N=64, 32x32, K=64, p1; `python -m nnkern bench --only conv`, torch 2.13
+  NCHW in the same process): C=1 forward 0.56 ms (torch 1.09), backward without dx 0.68
+  (1.46); C=3 forward 0.98 (1.42), backward 1.26 (1.87); im2col+GEMM took 1.54 / 2.02 (C=1)
+  and 2.69 / 3.76 ms (C=3). The threshold (direct.MAX_CHANNELS = 3) covers the measured first
+  layers; 4..15 channels were not measured and stay on the GEMM path.
 * other float32 convs except 1x1 (strides; dilations; 4..15 channels): im2col and one GEMM per
   image, run as tasks over fixed image ranges on a few threads (below: "per-image GEMMs on
   tasks"), writing straight into the NCHW output.
