@@ -46,6 +46,10 @@ def _vec_at(builder, base, byte_offset):
     return builder.bitcast(builder.gep(base, [byte_offset]), _VEC.as_pointer())
 
 
+def _load_f32(builder, base, byte_offset):
+    return builder.load(builder.bitcast(builder.gep(base, [byte_offset]), _F32.as_pointer()))
+
+
 def _splat(builder, scalar):
     undef = ir.Constant(_VEC, ir.Undefined)
     x = builder.insert_element(undef, scalar, ir.Constant(_I32, 0))
@@ -102,14 +106,10 @@ def make_forward_tile(channels, filters, vecs):
             yd, yst = _data(context, builder, signature.args[3], yv)
             plane, row = builder.extract_value(xst, 1), builder.mul(owv, _const(4))
             p_bytes = builder.mul(p0v, _const(4))
-            w_rows = [builder.mul(builder.add(k0v, _const(f)), builder.extract_value(wst, 0))
-                      for f in range(filters)]
-
-            def scalar(base, off):
-                return builder.load(builder.bitcast(builder.gep(base, [off]), _F32.as_pointer()))
-            acc = [[_splat(builder, scalar(bd, builder.mul(builder.add(k0v, _const(f)),
-                                                           _const(4))))] * vecs
-                   for f in range(filters)]
+            filters_k = [builder.add(k0v, _const(f)) for f in range(filters)]
+            w_rows = [builder.mul(k, builder.extract_value(wst, 0)) for k in filters_k]
+            biases = [_load_f32(builder, bd, builder.mul(k, _const(4))) for k in filters_k]
+            acc = [[_splat(builder, bias)] * vecs for bias in biases]  # each starts at b[k]
             for c in range(channels):
                 for i in range(3):
                     for j in range(3):
@@ -119,11 +119,12 @@ def make_forward_tile(channels, filters, vecs):
                               for v in range(vecs)]
                         t = 9 * c + 3 * i + j
                         for f in range(filters):
-                            wf = _splat(builder, scalar(wd, builder.add(w_rows[f], _const(4 * t))))
+                            wf = _splat(builder, _load_f32(builder, wd,
+                                                          builder.add(w_rows[f], _const(4 * t))))
                             acc[f] = [fma(wf, xv[v], acc[f][v]) for v in range(vecs)]
             for f in range(filters):
-                y_row = builder.add(builder.mul(builder.add(k0v, _const(f)),
-                                                builder.extract_value(yst, 0)), p_bytes)
+                y_row = builder.add(builder.mul(filters_k[f], builder.extract_value(yst, 0)),
+                                    p_bytes)
                 for v in range(vecs):
                     builder.store(acc[f][v], _vec_at(builder, yd,
                                                      builder.add(y_row, _const(64 * v))), align=4)
